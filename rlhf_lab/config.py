@@ -1,0 +1,478 @@
+"""Structured config schema: every node of `conf/` is backed by a dataclass here.
+
+Hydra merges the YAML tree into these dataclasses, so an unknown key or a wrong type fails at composition
+time, naming the key. Range checks live in `__post_init__` (run by `OmegaConf.to_object`) and the checks that
+span several nodes in `validate`; both run before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is out of range or contradicts another one. The message names the key."""
+
+
+def _check(ok: bool, key: str, allowed: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
+
+
+# ---------------------------------------------------------------- trick option names (one Enum per group)
+class RewardScaling(str, enum.Enum):
+    off = "off"
+    running_std = "running_std"
+
+
+class RewardNorm(str, enum.Enum):
+    off = "off"
+    running = "running"
+    batch = "batch"
+
+
+class OnOff(str, enum.Enum):
+    off = "off"
+    on = "on"
+
+
+class AdvNorm(str, enum.Enum):
+    off = "off"
+    whiten = "whiten"
+    center = "center"
+
+
+class KLPenalty(str, enum.Enum):
+    off = "off"
+    token = "token"
+    adaptive = "adaptive"
+    loss = "loss"
+
+
+class KLEstimator(str, enum.Enum):
+    k1 = "k1"
+    k2 = "k2"
+    k3 = "k3"
+
+
+class PolicyClip(str, enum.Enum):
+    off = "off"
+    ppo = "ppo"
+    dual = "dual"
+
+
+class CriticInit(str, enum.Enum):
+    sft = "sft"
+    reward_model = "reward_model"
+    random = "random"
+
+
+class CriticPretrain(str, enum.Enum):
+    off = "off"
+    steps = "steps"
+    converge = "converge"
+
+
+# `global` is a Python keyword, hence the functional form.
+GradClip = enum.Enum("GradClip", {"off": "off", "global": "global"}, type=str)
+
+
+class TaskKind(str, enum.Enum):
+    toy = "toy"
+    jsonl = "jsonl"
+
+
+class ModelKind(str, enum.Enum):
+    toy = "toy"
+    hf = "hf"
+
+
+class LoggerKind(str, enum.Enum):
+    local = "local"
+    wandb = "wandb"
+
+
+class DType(str, enum.Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+# ---------------------------------------------------------------- trick nodes
+@dataclass
+class RewardScalingConfig:
+    name: RewardScaling = RewardScaling.off  # off | running_std: divide scores by the running std of returns
+    eps: float = 1e-8  # added to the std before dividing
+
+    def __post_init__(self):
+        _check(self.eps > 0, "reward_scaling.eps", "> 0", self.eps)
+
+
+@dataclass
+class RewardNormConfig:
+    name: RewardNorm = RewardNorm.off  # off | running (historical mean/std) | batch (this batch's mean/std)
+    eps: float = 1e-8  # added to the std before dividing
+
+    def __post_init__(self):
+        _check(self.eps > 0, "reward_norm.eps", "> 0", self.eps)
+
+
+@dataclass
+class RewardClipConfig:
+    name: OnOff = OnOff.off  # off | on: clamp the (normalised) score to [-clip, clip]
+    clip: float = 5.0  # bound c of the clamp
+
+    def __post_init__(self):
+        _check(self.clip > 0, "reward_clip.clip", "> 0", self.clip)
+
+
+@dataclass
+class AdvNormConfig:
+    name: AdvNorm = AdvNorm.off  # off | whiten (zero mean, unit variance) | center (zero mean)
+    eps: float = 1e-8  # added to the variance before the square root
+
+
+@dataclass
+class AdvClipConfig:
+    name: OnOff = OnOff.off  # off | on: clamp advantages to [-clip, clip]
+    clip: float = 5.0  # bound of the clamp
+
+    def __post_init__(self):
+        _check(self.clip > 0, "adv_clip.clip", "> 0", self.clip)
+
+
+@dataclass
+class KLPenaltyConfig:
+    name: KLPenalty = KLPenalty.off  # off | token | adaptive | loss
+    estimator: KLEstimator = KLEstimator.k1  # per-token estimator of KL(policy || reference)
+    coef: float = 0.0  # coefficient of the in-reward penalty (initial value for adaptive)
+    loss_coef: float = 0.0  # coefficient of the KL term in the policy loss (kind loss)
+    target: float = 6.0  # adaptive: target KL per sequence (nats)
+    horizon: int = 10000  # adaptive: controller horizon in samples (Ziegler et al. 2019)
+    allow_reward_and_loss: bool = False  # permit a KL penalty in the reward AND in the loss at once
+
+    def __post_init__(self):
+        _check(self.coef >= 0, "kl_penalty.coef", ">= 0", self.coef)
+        _check(self.loss_coef >= 0, "kl_penalty.loss_coef", ">= 0", self.loss_coef)
+        _check(self.target > 0, "kl_penalty.target", "> 0", self.target)
+        _check(self.horizon > 0, "kl_penalty.horizon", "> 0", self.horizon)
+
+    @property
+    def in_reward(self) -> bool:
+        return self.name in (KLPenalty.token, KLPenalty.adaptive)
+
+    @property
+    def in_loss(self) -> bool:
+        return self.name == KLPenalty.loss or (self.in_reward and self.loss_coef > 0)
+
+
+@dataclass
+class EntropyBonusConfig:
+    name: OnOff = OnOff.off  # off | on: subtract coef * entropy from the policy loss
+    coef: float = 0.01  # entropy coefficient
+
+    def __post_init__(self):
+        _check(self.coef >= 0, "entropy_bonus.coef", ">= 0", self.coef)
+
+
+@dataclass
+class PolicyClipConfig:
+    name: PolicyClip = PolicyClip.ppo  # off (plain surrogate) | ppo (ratio clip eps) | dual (eps and c)
+    eps: float = 0.2  # ratio clip range [1 - eps, 1 + eps]
+    dual_c: float = 3.0  # dual clip: lower bound c * A on the objective for negative advantages
+
+    def __post_init__(self):
+        _check(0 < self.eps < 1, "policy_clip.eps", "a number in (0, 1)", self.eps)
+
+
+@dataclass
+class ValueClipConfig:
+    name: OnOff = OnOff.off  # off | on: clip new values to old values +- eps in the value loss
+    eps: float = 0.2  # value clip range
+
+    def __post_init__(self):
+        _check(self.eps > 0, "value_clip.eps", "> 0", self.eps)
+
+
+@dataclass
+class CriticInitConfig:
+    name: CriticInit = CriticInit.sft  # sft | reward_model | random: where the critic's weights come from
+
+
+@dataclass
+class CriticPretrainConfig:
+    name: CriticPretrain = CriticPretrain.off  # off | steps | converge
+    steps: int = 20  # number of critic-only iterations (the cap for converge)
+    target_explained_var: float = 0.5  # converge: stop once explained variance reaches this
+
+    def __post_init__(self):
+        _check(self.steps >= 1, "critic_pretrain.steps", ">= 1", self.steps)
+        _check(self.target_explained_var <= 1, "critic_pretrain.target_explained_var", "<= 1",
+               self.target_explained_var)
+
+
+@dataclass
+class GradClipConfig:
+    name: GradClip = GradClip.off  # off | global: clip each model's global gradient norm to max_norm
+    max_norm: float = 1.0  # bound on the global L2 norm
+
+    def __post_init__(self):
+        _check(self.max_norm > 0, "grad_clip.max_norm", "> 0", self.max_norm)
+
+
+@dataclass
+class PtxLossConfig:
+    name: OnOff = OnOff.off  # off | on: add coef * LM loss on SFT data to the policy loss
+    coef: float = 0.5  # weight of the pre-training (SFT) loss
+    batch_size: int = 16  # SFT sequences per PPO minibatch
+
+    def __post_init__(self):
+        _check(self.coef >= 0, "ptx_loss.coef", ">= 0", self.coef)
+        _check(self.batch_size >= 1, "ptx_loss.batch_size", ">= 1", self.batch_size)
+
+
+TRICK_GROUPS = ("reward_scaling", "reward_norm", "reward_clip", "adv_norm", "adv_clip", "kl_penalty",
+                "entropy_bonus", "policy_clip", "value_clip", "critic_init", "critic_pretrain", "grad_clip",
+                "ptx_loss")
+
+
+# ---------------------------------------------------------------- task / model / ppo / logger / run
+@dataclass
+class ToySFTConfig:
+    examples: int = 8000  # SFT demonstrations drawn from the toy language
+    epochs: int = 4  # passes over them
+    lr: float = 2e-3  # peak AdamW learning rate (one-cycle schedule)
+    batch_size: int = 64  # sequences per step
+
+
+@dataclass
+class ToyRMConfig:
+    pairs: int = 4000  # preference pairs among SFT-policy samples
+    label_noise: float = 0.5  # temperature of the Bradley-Terry labeller: P(a > b) = sigmoid((g_a - g_b) / noise)
+    epochs: int = 2  # passes over the pairs
+    lr: float = 5e-4  # AdamW learning rate
+    batch_size: int = 64  # pairs per step
+
+
+@dataclass
+class TaskConfig:
+    name: TaskKind = TaskKind.toy  # toy (embedded synthetic testbed) | jsonl (prompts from a file)
+    language_seed: int = 0  # toy: seed of the synthetic language, its prompts and SFT data
+    prompts_file: Optional[str] = None  # jsonl: one {"prompt": str} per line
+    sft_file: Optional[str] = None  # jsonl: optional {"prompt","response"} lines for the ptx loss
+    sft: ToySFTConfig = field(default_factory=ToySFTConfig)  # toy: SFT stage
+    rm: ToyRMConfig = field(default_factory=ToyRMConfig)  # toy: proxy reward-model stage
+
+    def __post_init__(self):
+        _check(self.rm.label_noise > 0, "task.rm.label_noise", "> 0", self.rm.label_noise)
+        if self.name == TaskKind.jsonl:
+            _check(bool(self.prompts_file), "task.prompts_file", "a path to a JSONL file of prompts",
+                   self.prompts_file)
+
+
+@dataclass
+class ModelConfig:
+    name: ModelKind = ModelKind.toy  # toy (tiny Llama built locally) | hf (Hugging Face ids or local paths)
+    policy: Optional[str] = None  # hf: SFT policy checkpoint (also the reference and the critic's backbone)
+    reward_model: Optional[str] = None  # hf: reward model checkpoint (AutoModelForSequenceClassification)
+    dtype: DType = DType.float32  # parameter dtype of all models
+    hidden_size: int = 128  # toy: width of the tiny Llama
+    layers: int = 4  # toy: decoder layers
+    heads: int = 4  # toy: attention heads
+    intermediate_size: int = 256  # toy: MLP width
+
+    def __post_init__(self):
+        if self.name == ModelKind.hf:
+            _check(bool(self.policy), "model.policy", "a Hugging Face id or a local checkpoint path", self.policy)
+            _check(bool(self.reward_model), "model.reward_model", "a Hugging Face id or a local checkpoint path",
+                   self.reward_model)
+        _check(self.hidden_size % self.heads == 0, "model.hidden_size", "a multiple of model.heads",
+               self.hidden_size)
+
+
+@dataclass
+class PPOConfig:
+    batch_size: int = 64  # prompts (= rollouts) per PPO iteration
+    max_new_tokens: int = 32  # response length cap
+    temperature: float = 1.0  # sampling temperature (log-probs are taken at the same temperature)
+    epochs: int = 2  # PPO epochs over each rollout batch
+    minibatches: int = 2  # minibatches per epoch
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    policy_lr: float = 3e-5  # AdamW learning rate of the policy
+    critic_lr: float = 1e-4  # AdamW learning rate of the critic
+    weight_decay: float = 0.0  # AdamW weight decay (both models)
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "ppo.batch_size", ">= 1", self.batch_size)
+        _check(self.max_new_tokens >= 1, "ppo.max_new_tokens", ">= 1", self.max_new_tokens)
+        _check(self.temperature > 0, "ppo.temperature", "> 0", self.temperature)
+        _check(self.epochs >= 1, "ppo.epochs", ">= 1", self.epochs)
+        _check(1 <= self.minibatches <= self.batch_size, "ppo.minibatches", "between 1 and ppo.batch_size",
+               self.minibatches)
+        _check(self.batch_size % self.minibatches == 0, "ppo.minibatches", "a divisor of ppo.batch_size",
+               self.minibatches)
+        _check(0 <= self.gamma <= 1, "ppo.gamma", "a number in [0, 1]", self.gamma)
+        _check(0 <= self.lam <= 1, "ppo.lam", "a number in [0, 1]", self.lam)
+        _check(self.policy_lr > 0, "ppo.policy_lr", "> 0", self.policy_lr)
+        _check(self.critic_lr > 0, "ppo.critic_lr", "> 0", self.critic_lr)
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerKind = LoggerKind.local  # local (run directory only) | wandb (run directory + Weights & Biases)
+    project: Optional[str] = None  # wandb: project (default: $WANDB_PROJECT or "rlhf-lab")
+    entity: Optional[str] = None  # wandb: entity (default: $WANDB_ENTITY)
+    mode: Optional[str] = None  # wandb: online | offline | disabled (default: $WANDB_MODE or online)
+
+    def __post_init__(self):
+        _check(self.mode in (None, "online", "offline", "disabled"), "logger.mode",
+               "one of [online, offline, disabled] or null", self.mode)
+
+
+@dataclass
+class RunConfig:
+    samples_every: int = 10  # write samples.jsonl every N iterations (and at the last one)
+    samples_per_log: int = 8  # responses written each time
+    checkpoint_every: int = 50  # save a resumable checkpoint every N iterations (and at the end)
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self):
+        _check(self.samples_every >= 1, "run.samples_every", ">= 1", self.samples_every)
+        _check(self.checkpoint_every >= 1, "run.checkpoint_every", ">= 1", self.checkpoint_every)
+        _check(self.threads >= 0, "run.threads", ">= 0", self.threads)
+
+
+@dataclass
+class Config:
+    seed: int = 0  # seed of everything in the PPO stage
+    iterations: int = 150  # PPO iterations
+    resume: Optional[str] = None  # a run directory to continue
+    arm: Optional[str] = None  # human label of the ablation arm (default: derived from the overrides)
+    cache_dir: Optional[str] = None  # where sft/rm artefacts are cached (default: $RLHF_LAB_CACHE or ~/.cache/rlhf-lab)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    reward_scaling: RewardScalingConfig = field(default_factory=RewardScalingConfig)
+    reward_norm: RewardNormConfig = field(default_factory=RewardNormConfig)
+    reward_clip: RewardClipConfig = field(default_factory=RewardClipConfig)
+    adv_norm: AdvNormConfig = field(default_factory=AdvNormConfig)
+    adv_clip: AdvClipConfig = field(default_factory=AdvClipConfig)
+    kl_penalty: KLPenaltyConfig = field(default_factory=KLPenaltyConfig)
+    entropy_bonus: EntropyBonusConfig = field(default_factory=EntropyBonusConfig)
+    policy_clip: PolicyClipConfig = field(default_factory=PolicyClipConfig)
+    value_clip: ValueClipConfig = field(default_factory=ValueClipConfig)
+    critic_init: CriticInitConfig = field(default_factory=CriticInitConfig)
+    critic_pretrain: CriticPretrainConfig = field(default_factory=CriticPretrainConfig)
+    grad_clip: GradClipConfig = field(default_factory=GradClipConfig)
+    ptx_loss: PtxLossConfig = field(default_factory=PtxLossConfig)
+
+    def __post_init__(self):
+        _check(self.iterations >= 1, "iterations", ">= 1", self.iterations)
+
+    def tricks(self) -> dict[str, str]:
+        """The chosen option of every trick group, e.g. {"kl_penalty": "token", ...}."""
+        return {group: getattr(self, group).name.value for group in TRICK_GROUPS}
+
+
+def register_schema() -> None:
+    """Store the schema so `conf/config.yaml` can name it first in its defaults list."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+# ---------------------------------------------------------------- combination checks
+SUSPICIOUS = {
+    "scaling_and_norm": "reward_scaling=running_std with reward_norm!=off: the scores are rescaled twice",
+    "clip_without_norm": "reward_clip=on with reward_norm=off: the clip bound applies to raw reward-model scores",
+    "adaptive_without_target": "kl_penalty=adaptive with coef=0: the controller multiplies 0 and stays there",
+    "value_clip_raw_rewards": "value_clip=on with unnormalised rewards: eps is tiny against raw return scale",
+    "pretrain_random_critic": "critic_pretrain!=off with critic_init=random is fine but slow to converge",
+}
+
+
+def validate(cfg: Config) -> list[str]:
+    """Check combinations of tricks. Raises ConfigError on contradictions; returns warnings for suspicious ones."""
+    kl = cfg.kl_penalty
+    if kl.in_reward and kl.loss_coef > 0 and not kl.allow_reward_and_loss:
+        raise ConfigError(
+            f"kl_penalty={kl.name.value} puts the KL penalty in the reward and kl_penalty.loss_coef="
+            f"{kl.loss_coef} adds it to the loss too; set kl_penalty.allow_reward_and_loss=true to ask for both")
+    if kl.name == KLPenalty.token and kl.coef <= 0:
+        raise ConfigError("kl_penalty=token needs kl_penalty.coef > 0 (use kl_penalty=off for no penalty)")
+    if kl.name == KLPenalty.loss and kl.loss_coef <= 0:
+        raise ConfigError("kl_penalty=loss needs kl_penalty.loss_coef > 0 (use kl_penalty=off for no penalty)")
+    pc = cfg.policy_clip
+    if pc.name == PolicyClip.dual and pc.dual_c <= 1 + pc.eps:
+        raise ConfigError(f"policy_clip.dual_c={pc.dual_c} must be > 1 + policy_clip.eps = {1 + pc.eps}")
+    if cfg.model.name == ModelKind.toy and cfg.task.name != TaskKind.toy:
+        raise ConfigError("model=toy is built from the toy task; with task=jsonl choose model=hf")
+    if cfg.ptx_loss.name == OnOff.on and cfg.task.name == TaskKind.jsonl and not cfg.task.sft_file:
+        raise ConfigError("ptx_loss=on with task=jsonl needs task.sft_file (SFT data for the LM loss)")
+
+    found = []
+    if cfg.reward_scaling.name != RewardScaling.off and cfg.reward_norm.name != RewardNorm.off:
+        found.append(SUSPICIOUS["scaling_and_norm"])
+    if cfg.reward_clip.name == OnOff.on and cfg.reward_norm.name == RewardNorm.off:
+        found.append(SUSPICIOUS["clip_without_norm"])
+    if kl.name == KLPenalty.adaptive and kl.coef <= 0:
+        found.append(SUSPICIOUS["adaptive_without_target"])
+    if (cfg.value_clip.name == OnOff.on and cfg.reward_norm.name == RewardNorm.off
+            and cfg.reward_scaling.name == RewardScaling.off):
+        found.append(SUSPICIOUS["value_clip_raw_rewards"])
+    if cfg.critic_pretrain.name != CriticPretrain.off and cfg.critic_init.name == CriticInit.random:
+        found.append(SUSPICIOUS["pretrain_random_critic"])
+    return found
+
+
+RESUME_MAY_CHANGE = ("resume", "iterations", "run", "logger")
+
+
+def resumed_config(current: DictConfig) -> DictConfig:
+    """The saved config of the run directory `current.resume`, with `iterations`, `run.*` and `logger.*` taken
+    from the command line. Any other difference from the saved config is a ConfigError naming the keys."""
+    saved_file = Path(current.resume) / ".hydra" / "config.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"resume={current.resume!r} is not allowed: expected a run directory with {saved_file.name} "
+                          f"under .hydra/")
+    saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_file))
+    conflicts = [key for key in _leaf_keys(current) if not key.startswith(RESUME_MAY_CHANGE)
+                 and OmegaConf.select(current, key) != OmegaConf.select(saved, key)]
+    if conflicts:
+        raise ConfigError(f"resume: {', '.join(conflicts)} differ from the run being resumed; drop those overrides "
+                          f"(only iterations, run.* and logger.* may change)")
+    for key in RESUME_MAY_CHANGE:
+        saved[key] = current[key]
+    return saved
+
+
+def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        if isinstance(value, DictConfig):
+            keys += _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Turn Hydra's composed DictConfig into a validated `Config` (range checks and combination checks).
+
+    With `resume` set, the saved config of that run directory is used (see `resumed_config`)."""
+    if cfg.resume:
+        cfg = resumed_config(cfg)
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    for message in validate(obj):
+        warnings.warn(message, stacklevel=2)
+    return obj

@@ -1,0 +1,84 @@
+"""Prompt and SFT-example streams for the PPO stage: a seeded draw function, resumable through its RNG state."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Callable, Generic, TypeVar
+
+import torch
+
+from rlhf_lab.config import Config, TaskKind
+from rlhf_lab.models import pad_left
+from rlhf_lab.toy.language import ToyLanguage
+
+T = TypeVar("T")
+
+
+class Stream(Generic[T]):
+    """Draws items with its own `random.Random`, so the sequence is fixed by the seed and can be resumed."""
+
+    def __init__(self, draw: Callable[[random.Random], T], seed: int):
+        self.draw, self.rng = draw, random.Random(seed)
+
+    def take(self, n: int) -> list[T]:
+        return [self.draw(self.rng) for _ in range(n)]
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"version": version, "internal": list(internal), "gauss": gauss}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
+
+
+def read_jsonl_field(path: str | Path, *fields: str) -> list:
+    """Values of `fields` from every line of a JSONL file, with a clear error naming a bad line."""
+    items = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            items.append(tuple(row[f] for f in fields) if len(fields) > 1 else row[fields[0]])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{number}: expected a JSON object with keys {list(fields)} ({err})") from err
+    if not items:
+        raise ValueError(f"{path}: no rows")
+    return items
+
+
+def prompt_stream(cfg: Config, language: ToyLanguage | None) -> Stream[str]:
+    if cfg.task.name == TaskKind.toy:
+        return Stream(language.sample_prompt, cfg.seed)
+    prompts = read_jsonl_field(cfg.task.prompts_file, "prompt")
+    return Stream(lambda rng: rng.choice(prompts), cfg.seed)
+
+
+def sft_stream(cfg: Config, language: ToyLanguage | None) -> Stream[tuple[str, str]]:
+    """(prompt, response) demonstrations for the ptx loss."""
+    if cfg.task.name == TaskKind.toy:
+        def draw(rng: random.Random) -> tuple[str, str]:
+            prompt = language.sample_prompt(rng)
+            return prompt, language.sample_response(rng, prompt)
+        return Stream(draw, cfg.seed + 1)
+    pairs = read_jsonl_field(cfg.task.sft_file, "prompt", "response")
+    return Stream(lambda rng: rng.choice(pairs), cfg.seed + 1)
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def sft_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + response + EOS, left-padded. -> ids, attention mask, loss mask (response and EOS), each (B, T)."""
+    prompts = encode(tokenizer, [p for p, _ in examples])
+    responses = encode(tokenizer, [r for _, r in examples])
+    seqs = [p + r + [tokenizer.eos_token_id] for p, r in zip(prompts, responses)]
+    ids, mask = pad_left(seqs, tokenizer.pad_token_id)
+    loss_mask = mask.clone()
+    for i, p in enumerate(prompts):  # prompt tokens are context, not targets
+        start = ids.shape[1] - len(seqs[i])
+        loss_mask[i, start:start + len(p)] = 0
+    return ids, mask, loss_mask

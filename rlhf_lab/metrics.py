@@ -1,0 +1,78 @@
+"""Rollout metrics of DESIGN.md ("Metric names"), as batched tensor ops.
+
+Shapes: B sequences, R response tokens; `mask` (B, R) is 1.0 up to and including the first EOS.
+`text_mask` additionally excludes the EOS token itself (the words of the response).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_lab import ppo
+from rlhf_lab.config import KLEstimator
+
+REPEAT_NGRAM = 3  # n of diversity/repeat_ngram_frac
+
+
+def ngram_codes(tokens: torch.Tensor, text_mask: torch.Tensor, n: int, vocab_size: int):
+    """Integer code of every n-gram starting at each position, and whether it lies inside the text.
+
+    (B, R) -> codes (B, R - n + 1) long, valid (B, R - n + 1) bool.
+    """
+    windows = tokens.unfold(1, n, 1)  # (B, L, n)
+    weights = vocab_size ** torch.arange(n, device=tokens.device)
+    valid = text_mask.unfold(1, n, 1).all(-1)
+    return (windows * weights).sum(-1), valid
+
+
+def distinct_n(tokens: torch.Tensor, text_mask: torch.Tensor, n: int, vocab_size: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / all n-grams, over the whole batch."""
+    if tokens.shape[1] < n:
+        return 0.0
+    codes, valid = ngram_codes(tokens, text_mask.bool(), n, vocab_size)
+    total = int(valid.sum())
+    return codes[valid].unique().numel() / total if total else 0.0
+
+
+def repeat_ngram_frac(tokens: torch.Tensor, text_mask: torch.Tensor, n: int, vocab_size: int) -> float:
+    """Per response, the fraction of its n-grams that already occurred earlier in it; batch mean."""
+    if tokens.shape[1] < n:
+        return 0.0
+    codes, valid = ngram_codes(tokens, text_mask.bool(), n, vocab_size)
+    length = codes.shape[1]
+    earlier = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril(-1)  # [i, j]: j < i
+    same = (codes.unsqueeze(2) == codes.unsqueeze(1)) & earlier & valid.unsqueeze(1)
+    repeated = (same.any(-1) & valid).sum(1).float()
+    return (repeated / valid.sum(1).clamp(min=1)).mean().item()
+
+
+def sequence_perplexity(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """exp(mean negative log-likelihood of each response's tokens). (B, R) -> (B,)."""
+    return torch.exp(-ppo.masked_mean(logp, mask, dim=1))
+
+
+def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, entropy, scores, shaped_scores,
+                    gold) -> dict[str, float]:
+    """The per-iteration metrics that describe the sampled responses (reward, kl, ppl, length, diversity)."""
+    text_mask = mask * (tokens != eos_id)
+    lengths = mask.sum(1)
+    finished = ((tokens == eos_id) & mask.bool()).any(1)
+    metrics = {
+        "reward/proxy_mean": scores.mean().item(),
+        "reward/shaped_mean": shaped_scores.mean().item(),
+        "ppl/policy": sequence_perplexity(logp, mask).mean().item(),
+        "ppl/ref": sequence_perplexity(ref_logp, mask).mean().item(),
+        "length/response_mean": lengths.mean().item(),
+        "length/response_max": lengths.max().item(),
+        "length/eos_missing_frac": 1.0 - finished.float().mean().item(),
+        "diversity/distinct_1": distinct_n(tokens, text_mask, 1, vocab_size),
+        "diversity/distinct_2": distinct_n(tokens, text_mask, 2, vocab_size),
+        "diversity/repeat_ngram_frac": repeat_ngram_frac(tokens, text_mask, REPEAT_NGRAM, vocab_size),
+        "entropy/policy_mean": ppo.masked_mean(entropy, mask).item(),
+    }
+    for estimator in KLEstimator:
+        per_sequence = (ppo.kl_estimate(logp, ref_logp, estimator) * mask).sum(1)
+        metrics[f"kl/ref_{estimator.value}"] = per_sequence.mean().item()
+    if gold is not None:
+        metrics["reward/gold_mean"] = gold.mean().item()
+    return metrics

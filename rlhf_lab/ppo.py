@@ -1,0 +1,187 @@
+"""PPO maths as small pure functions on tensors.
+
+Shape notation: B = sequences in the batch, R = response tokens (padded), V = vocabulary.
+`mask` is a (B, R) float tensor, 1.0 on real response tokens (up to and including the first EOS), else 0.0.
+Every function here is tested against a naive implementation or hand-computed values (tests/test_ppo_math.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_lab.config import KLEstimator
+
+
+# ---------------------------------------------------------------- masked statistics
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1. x, mask: (B, R). Returns a scalar, or (B,) / (R,) with dim."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of x over masked positions (Bessel's correction). x, mask: (B, R) -> scalar."""
+    n = mask.sum()
+    mean = masked_mean(x, mask)
+    return (((x - mean) ** 2) * mask).sum() / (n - 1).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit (unbiased) variance over masked positions. (B, R) -> (B, R), 0 outside the mask."""
+    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + eps) * mask
+
+
+def center(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Subtract the masked mean, keep the scale. (B, R) -> (B, R), 0 outside the mask."""
+    return (x - masked_mean(x, mask)) * mask
+
+
+# ---------------------------------------------------------------- log-probabilities
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] without materialising the full log-softmax. (B, R, V), (B, R) -> (B, R)."""
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per position. (B, R, V) -> (B, R)."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from tokens sampled by the policy. (B, R) -> (B, R).
+
+    k1 = log p - log q (unbiased, can be negative); k2 = (log p - log q)^2 / 2 (biased, >= 0);
+    k3 = q/p - 1 - log(q/p) (unbiased, >= 0). Schulman, "Approximating KL divergence" (2020).
+    """
+    log_ratio = logp - ref_logp
+    if estimator == KLEstimator.k1:
+        return log_ratio
+    if estimator == KLEstimator.k2:
+        return 0.5 * log_ratio**2
+    return torch.expm1(-log_ratio) + log_ratio
+
+
+# ---------------------------------------------------------------- rewards and advantages
+def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token reward: -kl_coef * KL_t on every response token, plus the sequence score on its last token.
+
+    scores: (B,), kl: (B, R), mask: (B, R) -> (B, R).
+    """
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    return rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1).to(rewards.dtype))
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) as one matrix product, no loop over tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t (V after the last real token is 0);
+    A_t = sum_{k >= t} (gamma * lam)^(k - t) * delta_k;  returns R_t = A_t + V_t.
+    rewards, values, mask: (B, R) -> advantages (B, R), returns (B, R), both 0 outside the mask.
+    """
+    next_values = torch.cat([values[:, 1:] * mask[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
+    deltas = (rewards + gamma * next_values - values) * mask
+    steps = torch.arange(rewards.shape[1], device=rewards.device)
+    offset = steps.unsqueeze(1) - steps.unsqueeze(0)  # [k, t] = k - t
+    decay = torch.where(offset >= 0, (gamma * lam) ** offset.clamp(min=0).to(rewards.dtype),
+                        torch.zeros((), dtype=rewards.dtype, device=rewards.device))
+    advantages = (deltas @ decay) * mask
+    return advantages, (advantages + values) * mask
+
+
+# ---------------------------------------------------------------- losses
+def policy_loss_unclipped(logp, old_logp, advantages, mask, eps: float, dual_c: float):
+    """Plain importance-weighted surrogate -A * ratio. Returns (loss, clipfrac=0) ; shapes (B, R) -> scalars."""
+    ratio = torch.exp(logp - old_logp)
+    return masked_mean(-advantages * ratio, mask), torch.zeros((), device=logp.device)
+
+
+def policy_loss_ppo(logp, old_logp, advantages, mask, eps: float, dual_c: float):
+    """PPO clipped surrogate: max(-A r, -A clip(r, 1-eps, 1+eps)). Returns (loss, clipfrac)."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - eps, 1 + eps)
+    return masked_mean(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+
+
+def policy_loss_dual(logp, old_logp, advantages, mask, eps: float, dual_c: float):
+    """Dual-clip PPO (Ye et al. 2020): for A < 0 the PPO loss is also capped at -c * A. Returns (loss, clipfrac).
+
+    clipfrac counts tokens where either clip is active.
+    """
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - eps, 1 + eps)
+    ppo = torch.maximum(unclipped, clipped)
+    cap = -dual_c * advantages
+    dual = torch.where(advantages < 0, torch.minimum(ppo, cap), ppo)
+    active = (clipped > unclipped) | ((advantages < 0) & (cap < ppo))
+    return masked_mean(dual, mask), masked_mean(active.float(), mask)
+
+
+def value_loss(values, old_values, returns, mask, clip_eps: float | None):
+    """0.5 * squared error; with clip_eps, the max with the error of old + clip(new - old, +-eps).
+
+    (B, R) each -> (loss, clipfrac).
+    """
+    error = (values - returns) ** 2
+    if clip_eps is None:
+        return 0.5 * masked_mean(error, mask), torch.zeros((), device=values.device)
+    clipped_values = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    clipped_error = (clipped_values - returns) ** 2
+    return (0.5 * masked_mean(torch.maximum(error, clipped_error), mask),
+            masked_mean((clipped_error > error).float(), mask))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var[returns - values] / Var[returns] over masked positions. (B, R) -> scalar."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+
+
+# ---------------------------------------------------------------- running statistics and the KL controller
+class RunningMoments:
+    """Mean and (unbiased) std of every value seen so far, merged batch by batch (Chan et al. 1979)."""
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().double().flatten()
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean = x.mean().item()
+        batch_m2 = ((x - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 1.0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+class AdaptiveKLController:
+    """Proportional controller of the KL coefficient (Ziegler et al. 2019, eq. 2):
+
+    e = clip(KL / target - 1, -0.2, 0.2);  coef <- coef * (1 + e * n_samples / horizon).
+    """
+
+    def __init__(self, coef: float, target: float, horizon: int):
+        self.coef, self.target, self.horizon = coef, target, horizon
+
+    def update(self, kl: float, n_samples: int) -> None:
+        error = min(max(kl / self.target - 1, -0.2), 0.2)
+        self.coef *= 1 + error * n_samples / self.horizon

@@ -1,0 +1,149 @@
+"""One run: stages (sft -> rm, toy task only), models, the PPO loop, the run directory.
+
+`run(cfg)` is what `rlhf-train` calls after validating the config; it returns the final status.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhf_lab import checkpoint
+from rlhf_lab.config import Config, OnOff, TaskKind
+from rlhf_lab.data import prompt_stream, sft_stream
+from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic, quiet_transformers
+from rlhf_lab.paths import cache_dir
+from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
+from rlhf_lab.trainer import Diverged, PPOTrainer
+
+log = logging.getLogger("rlhf_lab")
+
+# Overrides that do not define an ablation arm (they vary within one).
+NON_ARM_KEYS = ("seed", "iterations", "resume", "arm", "cache_dir", "logger", "run.")
+
+
+def arm_label(cfg: Config, overrides: list[str]) -> str:
+    """The arm's human label: `cfg.arm`, else the arm-defining overrides joined, else "default"."""
+    if cfg.arm:
+        return cfg.arm
+    parts = [o.lstrip("+~") for o in overrides
+             if not o.lstrip("+~").startswith(NON_ARM_KEYS) and not o.startswith("hydra")]
+    return ",".join(parts) or "default"
+
+
+def build_trainer(cfg: Config) -> PPOTrainer:
+    """Stages, then the four models, tokenizer and data streams the PPO loop needs."""
+    quiet_transformers()
+    dtype = getattr(torch, cfg.model.dtype.value)
+    language = gold = None
+    if cfg.task.name == TaskKind.toy:
+        from rlhf_lab.toy import stages
+        from rlhf_lab.toy.gold import GoldReward
+
+        artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))
+        policy_path, rm_path, language = artefacts.sft_dir, artefacts.rm_dir, artefacts.language
+        gold = GoldReward(language)
+    else:
+        policy_path, rm_path = cfg.model.policy, cfg.model.reward_model
+    tokenizer = load_tokenizer(policy_path)
+    torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
+    return PPOTrainer(
+        cfg,
+        policy=load_policy(policy_path, dtype),
+        reference=load_policy(policy_path, dtype),
+        critic=make_critic(cfg.critic_init.name, policy_path, rm_path, tokenizer.pad_token_id, dtype),
+        reward_model=load_reward_model(rm_path, dtype),
+        tokenizer=tokenizer,
+        prompts=prompt_stream(cfg, language),
+        sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
+        gold_reward=gold,
+    )
+
+
+def new_run_info(cfg: Config, arm: str, preset: str | None) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": f"{arm.replace('=', '-').replace(',', '_')[:60]}-s{cfg.seed}-{uuid.uuid4().hex[:8]}",
+        "status": "running",
+        "arm": arm,
+        "seed": cfg.seed,
+        "preset": preset,
+        "tricks": cfg.tricks(),
+        "iterations": cfg.iterations,
+        "started_at": now_iso(),
+        "finished_at": None,
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "wandb": None,
+    }
+
+
+def run(cfg: Config) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = RunDir(cfg.resume or hydra_cfg.runtime.output_dir)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.seed)
+
+    trainer = build_trainer(cfg)
+    found = checkpoint.latest(run_dir.checkpoints)
+    if found:
+        start = checkpoint.load(trainer, found)
+        run_dir.truncate_from(start)
+        info = run_dir.set_status("running", finished_at=None)
+        log.info("resuming %s at step %d", run_dir.path, start)
+    else:
+        start = 0
+        info = new_run_info(cfg, arm_label(cfg, list(hydra_cfg.overrides.task)),
+                            hydra_cfg.runtime.choices.get("preset"))
+        run_dir.write_info(info)
+        for stats in trainer.pretrain_critic():
+            log.info("critic pre-training: value loss %.4f, explained variance %.3f",
+                     stats["ppo/value_loss"], stats["ppo/explained_var"])
+    log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
+    return train_loop(cfg, trainer, run_dir, start)
+
+
+def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir, start: int) -> str:
+    """PPO iterations `start .. cfg.iterations - 1`, logging every one; returns the final status."""
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", unit="it",
+               disable=not cfg.run.progress, dynamic_ncols=True)
+    step = start
+    try:
+        for step in bar:
+            metrics, batch = trainer.step()
+            run_dir.append_metrics({"step": step, **metrics})
+            last = step == cfg.iterations - 1
+            if step % cfg.run.samples_every == 0 or last:
+                run_dir.append_samples(samples(step, batch, cfg.run.samples_per_log))
+            if (step + 1) % cfg.run.checkpoint_every == 0 or last:
+                checkpoint.save(trainer, run_dir.checkpoints, step + 1)
+            bar.set_postfix({"proxy": f"{metrics['reward/proxy_mean']:.3f}",
+                             "gold": f"{metrics.get('reward/gold_mean', float('nan')):.3f}",
+                             "kl": f"{metrics['kl/ref_k1']:.2f}"}, refresh=False)
+    except Diverged as err:
+        log.error("step %d diverged: %s; last good checkpoint kept in %s", step, err, run_dir.checkpoints)
+        run_dir.set_status("diverged", error=str(err), failed_step=step)
+        return "diverged"
+    except Exception as err:
+        log.error("step %d failed:\n%s", step, traceback.format_exc())
+        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}", failed_step=step)
+        return "failed"
+    finally:
+        bar.close()
+    run_dir.set_status("completed")
+    log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)
+    return "completed"
+
+
+def samples(step: int, batch, n: int) -> list[dict]:
+    gold = batch.gold.tolist() if batch.gold is not None else [None] * len(batch.prompts)
+    return [{"step": step, "prompt": p, "response": r, "reward_proxy": s, "reward_gold": g}
+            for p, r, s, g in list(zip(batch.prompts, batch.responses, batch.scores.tolist(), gold))[:n]]

@@ -1,0 +1,231 @@
+"""The PPO loop. One iteration reads top to bottom as in DESIGN.md:
+
+    prompts -> rollout -> score -> forward passes (policy, reference, critic)
+            -> reward shaping -> advantages/returns -> PPO epochs x minibatches -> metrics
+
+Every trick is asked of `Tricks` (rlhf_lab.tricks) at the place it applies, marked [group].
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from rlhf_lab import ppo
+from rlhf_lab.config import Config, CriticPretrain, KLEstimator
+from rlhf_lab.data import Stream, encode, sft_batch
+from rlhf_lab.metrics import rollout_metrics
+from rlhf_lab.models import (critic_values, generate, generation_config, lm_loss, pad_left, response_logits,
+                             response_mask, sequence_scores)
+from rlhf_lab.tricks import Tricks
+
+
+class Diverged(RuntimeError):
+    """A loss or a logit became non-finite."""
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. B sequences, P prompt tokens, R response tokens, T = P + R."""
+
+    prompts: list[str]
+    responses: list[str]
+    ids: torch.Tensor  # (B, T) prompt + response token ids
+    attention: torch.Tensor  # (B, T) attention mask (0 on left padding and after the first EOS)
+    tokens: torch.Tensor  # (B, R) response token ids
+    mask: torch.Tensor  # (B, R) 1.0 on response tokens up to and including the first EOS
+    logprobs: torch.Tensor  # (B, R) policy log-probs of the sampled tokens
+    ref_logprobs: torch.Tensor  # (B, R) reference log-probs
+    entropy: torch.Tensor  # (B, R) policy entropy per position
+    values: torch.Tensor  # (B, R) critic values
+    scores: torch.Tensor  # (B,) reward-model scores
+    gold: torch.Tensor | None  # (B,) gold reward (toy task only)
+    seconds_generate: float
+
+
+class PPOTrainer:
+    def __init__(self, cfg: Config, *, policy: PreTrainedModel, reference: PreTrainedModel, critic: PreTrainedModel,
+                 reward_model: PreTrainedModel, tokenizer, prompts: Stream, sft_examples: Stream | None,
+                 gold_reward=None):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.policy, self.reference, self.critic, self.reward_model = policy, reference, critic, reward_model
+        for frozen in (reference, reward_model):
+            frozen.eval().requires_grad_(False)
+        self.prompts, self.sft_examples, self.gold_reward = prompts, sft_examples, gold_reward
+        self.tricks = Tricks(cfg)
+        self.policy_optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo.policy_lr,
+                                                  weight_decay=cfg.ppo.weight_decay)
+        self.critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo.critic_lr,
+                                                  weight_decay=cfg.ppo.weight_decay)
+        self.gen_config = generation_config(cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id,
+                                            tokenizer.pad_token_id)
+        self.vocab_size = len(tokenizer)
+
+    # ================================================================ rollout and scoring
+    @torch.no_grad()
+    def rollout(self) -> Rollout:
+        ppo_cfg, tok = self.cfg.ppo, self.tokenizer
+        prompts = self.prompts.take(ppo_cfg.batch_size)
+        query_ids, query_mask = pad_left(encode(tok, prompts), tok.pad_token_id)
+
+        started = time.perf_counter()
+        self.policy.eval()
+        tokens = generate(self.policy, query_ids, query_mask, self.gen_config)
+        seconds_generate = time.perf_counter() - started
+        mask = response_mask(tokens, tok.eos_token_id)
+        ids = torch.cat([query_ids, tokens], dim=1)
+        attention = torch.cat([query_mask, mask.long()], dim=1)
+        n = tokens.shape[1]
+
+        scores = sequence_scores(self.reward_model, ids, attention)
+        logits = response_logits(self.policy, ids, attention, n, ppo_cfg.temperature)
+        logprobs = ppo.logprobs_from_logits(logits, tokens)
+        entropy = ppo.entropy_from_logits(logits)
+        ref_logprobs = ppo.logprobs_from_logits(
+            response_logits(self.reference, ids, attention, n, ppo_cfg.temperature), tokens)
+        values = critic_values(self.critic, ids, attention, n)
+
+        text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)
+        responses = tok.batch_decode(text_tokens, skip_special_tokens=True)
+        gold = None
+        if self.gold_reward is not None:
+            finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1).tolist()
+            gold = torch.tensor(self.gold_reward(prompts, responses, finished))
+        return Rollout(prompts, responses, ids, attention, tokens, mask, logprobs, ref_logprobs, entropy,
+                       values * mask, scores, gold, seconds_generate)
+
+    # ================================================================ one PPO iteration
+    def step(self) -> tuple[dict[str, float], Rollout]:
+        """Rollout, shape rewards, estimate advantages, then PPO epochs. Returns (metrics, rollout)."""
+        started = time.perf_counter()
+        batch = self.rollout()
+        rollout_seconds = time.perf_counter() - started
+
+        shaped_scores = self.tricks.shape_scores(batch.scores)  # [reward_scaling, reward_norm, reward_clip]
+        rewards, kl = self.tricks.token_rewards(shaped_scores, batch.logprobs, batch.ref_logprobs,
+                                                batch.mask)  # [kl_penalty=token|adaptive]
+        advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)  # GAE [adv_norm, adv_clip]
+
+        train_started = time.perf_counter()
+        train_stats = self.train(batch, advantages, returns)
+        train_seconds = time.perf_counter() - train_started
+
+        kl_per_sequence = kl.sum(1).mean().item()
+        self.tricks.kl_ctl.update(kl_per_sequence, len(batch.prompts))  # [kl_penalty=adaptive]
+
+        metrics = rollout_metrics(tokens=batch.tokens, mask=batch.mask, eos_id=self.tokenizer.eos_token_id,
+                                  vocab_size=self.vocab_size, logp=batch.logprobs, ref_logp=batch.ref_logprobs,
+                                  entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
+                                  gold=batch.gold)
+        metrics.update(train_stats)
+        metrics.update({
+            "adv/mean": ppo.masked_mean(advantages, batch.mask).item(),
+            "adv/std": ppo.masked_var(advantages, batch.mask).sqrt().item(),
+            "return/mean": ppo.masked_mean(returns, batch.mask).item(),
+            "value/mean": ppo.masked_mean(batch.values, batch.mask).item(),
+            "kl_ctl/coef": self.tricks.kl_ctl.coef,
+            "perf/rollout_seconds": rollout_seconds,
+            "perf/train_seconds": train_seconds,
+            "perf/iter_seconds": time.perf_counter() - started,
+            "perf/gen_tokens_per_second": batch.mask.sum().item() / max(batch.seconds_generate, 1e-9),
+        })
+        return metrics, batch
+
+    # ================================================================ PPO epochs x minibatches
+    def train(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+              update_policy: bool = True) -> dict[str, float]:
+        ppo_cfg, tricks = self.cfg.ppo, self.tricks
+        n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
+        sums: dict[str, float] = {}
+        self.policy.train()
+        self.critic.train()
+        for _ in range(ppo_cfg.epochs):
+            order = torch.randperm(ppo_cfg.batch_size)
+            for start in range(0, ppo_cfg.batch_size, size):
+                mb = order[start:start + size]
+                ids, attention, mask = batch.ids[mb], batch.attention[mb], batch.mask[mb]
+                stats = {}
+                if update_policy:
+                    stats.update(self.policy_update(ids, attention, batch.tokens[mb], mask, batch.logprobs[mb],
+                                                    batch.ref_logprobs[mb], advantages[mb], n))
+                # ---- critic: value loss [value_clip], [grad_clip]
+                values = critic_values(self.critic, ids, attention, n)
+                value_loss, value_clipfrac = tricks.value_loss(values, batch.values[mb], returns[mb], mask)
+                self._check_finite(value_loss, "value loss")
+                stats["ppo/value_loss"] = value_loss.item()
+                stats["ppo/value_clipfrac"] = value_clipfrac.item()
+                stats["ppo/grad_norm_critic"] = self._optimise(self.critic, self.critic_optimizer, value_loss)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+        steps = ppo_cfg.epochs * ppo_cfg.minibatches
+        means = {key: value / steps for key, value in sums.items()}
+        means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask).item()
+        return means
+
+    def policy_update(self, ids, attention, tokens, mask, old_logprobs, ref_logprobs, advantages,
+                      n: int) -> dict[str, float]:
+        """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss."""
+        tricks = self.tricks
+        logits = response_logits(self.policy, ids, attention, n, self.cfg.ppo.temperature)
+        logprobs = ppo.logprobs_from_logits(logits, tokens)
+        policy_loss, clipfrac = tricks.policy_loss(logprobs, old_logprobs, advantages, mask)  # [policy_clip]
+        loss = policy_loss
+        entropy_bonus = torch.zeros(())
+        if tricks.entropy_coef:  # [entropy_bonus]
+            entropy_bonus = tricks.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), mask)
+            loss = loss - entropy_bonus
+        loss = loss + tricks.kl_loss(logprobs, ref_logprobs, mask)  # [kl_penalty=loss]
+        ptx_loss = torch.zeros(())
+        if tricks.ptx_coef:  # [ptx_loss]
+            sft_ids, sft_mask, sft_loss_mask = sft_batch(self.tokenizer,
+                                                         self.sft_examples.take(self.cfg.ptx_loss.batch_size))
+            ptx_loss = lm_loss(self.policy, sft_ids, sft_mask, sft_loss_mask)
+            loss = loss + tricks.ptx_coef * ptx_loss
+        self._check_finite(loss, "policy loss")
+        with torch.no_grad():
+            approx_kl = ppo.masked_mean(ppo.kl_estimate(old_logprobs, logprobs, KLEstimator.k3), mask)
+        return {"ppo/policy_loss": policy_loss.item(), "ppo/clipfrac": clipfrac.item(),
+                "ppo/approx_kl": approx_kl.item(), "ppo/entropy_bonus": entropy_bonus.item(),
+                "ppo/ptx_loss": ptx_loss.item(),
+                "ppo/grad_norm_policy": self._optimise(self.policy, self.policy_optimizer, loss)}
+
+    def _optimise(self, model: PreTrainedModel, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+        """Backward, [grad_clip] (the norm before clipping is returned), step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.tricks.max_grad_norm).item()
+        if not math.isfinite(grad_norm):
+            raise Diverged(f"non-finite gradient norm ({grad_norm})")
+        optimizer.step()
+        return grad_norm
+
+    @staticmethod
+    def _check_finite(loss: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(loss):
+            raise Diverged(f"non-finite {what} ({loss.item()})")
+
+    # ================================================================ critic pre-training
+    def pretrain_critic(self) -> list[dict[str, float]]:
+        """[critic_pretrain] Critic-only iterations on rollouts of the frozen initial policy.
+
+        steps: exactly N iterations; converge: until explained variance >= target, at most N.
+        The running reward statistics warm up on these rollouts too. Returns the per-iteration value stats.
+        """
+        pre = self.cfg.critic_pretrain
+        if pre.name == CriticPretrain.off:
+            return []
+        history = []
+        for _ in range(pre.steps):
+            batch = self.rollout()
+            shaped = self.tricks.shape_scores(batch.scores)
+            rewards, _ = self.tricks.token_rewards(shaped, batch.logprobs, batch.ref_logprobs, batch.mask)
+            advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)
+            stats = self.train(batch, advantages, returns, update_policy=False)
+            history.append(stats)
+            if pre.name == CriticPretrain.converge and stats["ppo/explained_var"] >= pre.target_explained_var:
+                break
+        return history

@@ -1,0 +1,133 @@
+"""The PPO tricks, chosen by their config groups. The trainer asks `Tricks`; it never tests trick names.
+
+Each group maps its option names to one small function (tables below), so a new option is one function
+plus one table entry plus its YAML file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlhf_lab import ppo
+from rlhf_lab.config import (AdvNorm, Config, KLPenalty, OnOff, PolicyClip, RewardNorm, RewardScaling)
+
+
+# ---------------------------------------------------------------- sequence-score transforms, (B,) -> (B,)
+def _identity(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+    return scores
+
+
+def scale_by_running_std(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+    """Divide by the running std of returns. With a single terminal reward per episode the (undiscounted)
+    return of an episode is its score, so the running statistics are those of the scores."""
+    stats.update(scores)
+    return scores / (stats.std + eps)
+
+
+def normalise_running(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+    """(score - historical mean) / historical std, the statistics updated with this batch first (PPO-max)."""
+    stats.update(scores)
+    return (scores - stats.mean) / (stats.std + eps)
+
+
+def normalise_batch(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+    """(score - batch mean) / batch std (unbiased)."""
+    return (scores - scores.mean()) / (scores.std() + eps)
+
+
+SCALINGS = {RewardScaling.off: _identity, RewardScaling.running_std: scale_by_running_std}
+NORMALISATIONS = {RewardNorm.off: _identity, RewardNorm.running: normalise_running, RewardNorm.batch: normalise_batch}
+
+
+# ---------------------------------------------------------------- advantage transforms, (B, R) -> (B, R)
+def _masked_only(adv: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+    return adv * mask
+
+
+ADV_NORMS = {AdvNorm.off: _masked_only,
+             AdvNorm.whiten: lambda adv, mask, eps: ppo.whiten(adv, mask, eps),
+             AdvNorm.center: lambda adv, mask, eps: ppo.center(adv, mask)}
+
+POLICY_LOSSES = {PolicyClip.off: ppo.policy_loss_unclipped, PolicyClip.ppo: ppo.policy_loss_ppo,
+                 PolicyClip.dual: ppo.policy_loss_dual}
+
+
+class FixedKLCoef:
+    """A constant KL coefficient (0 when the penalty is not in the reward)."""
+
+    def __init__(self, coef: float):
+        self.coef = coef
+
+    def update(self, kl: float, n_samples: int) -> None:
+        pass
+
+
+class Tricks:
+    """Every trick selected by a `Config`, with the running state some of them keep (saved in checkpoints)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._scale = SCALINGS[cfg.reward_scaling.name]
+        self._normalise = NORMALISATIONS[cfg.reward_norm.name]
+        self.score_clip = cfg.reward_clip.clip if cfg.reward_clip.name == OnOff.on else math.inf
+        self.adv_clip = cfg.adv_clip.clip if cfg.adv_clip.name == OnOff.on else math.inf
+        self._adv_norm = ADV_NORMS[cfg.adv_norm.name]
+        self._policy_loss = POLICY_LOSSES[cfg.policy_clip.name]
+        kl = cfg.kl_penalty
+        self.kl_estimator = kl.estimator
+        self.kl_ctl = (ppo.AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.name == KLPenalty.adaptive
+                       else FixedKLCoef(kl.coef if kl.in_reward else 0.0))
+        self.kl_loss_coef = kl.loss_coef if kl.in_loss else 0.0
+        self.entropy_coef = cfg.entropy_bonus.coef if cfg.entropy_bonus.name == OnOff.on else 0.0
+        self.value_clip_eps = cfg.value_clip.eps if cfg.value_clip.name == OnOff.on else None
+        self.max_grad_norm = cfg.grad_clip.max_norm if cfg.grad_clip.name.value == "global" else math.inf
+        self.ptx_coef = cfg.ptx_loss.coef if cfg.ptx_loss.name == OnOff.on else 0.0
+        self.return_stats = ppo.RunningMoments()  # reward_scaling=running_std
+        self.score_stats = ppo.RunningMoments()  # reward_norm=running
+
+    # ------------------------------------------------------------ reward shaping
+    def shape_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """reward_scaling -> reward_norm -> reward_clip on reward-model scores. (B,) -> (B,)."""
+        scores = self._scale(scores, self.return_stats, self.cfg.reward_scaling.eps)
+        scores = self._normalise(scores, self.score_stats, self.cfg.reward_norm.eps)
+        return scores.clamp(-self.score_clip, self.score_clip)
+
+    def token_rewards(self, scores, logp, ref_logp, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token rewards with the in-reward KL penalty [kl_penalty]. Returns (rewards, kl), both (B, R)."""
+        kl = ppo.kl_estimate(logp, ref_logp, self.kl_estimator) * mask
+        return ppo.token_rewards(scores, kl, mask, self.kl_ctl.coef), kl
+
+    # ------------------------------------------------------------ advantages
+    def advantages(self, rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE, then [adv_norm], then [adv_clip]. Returns (advantages, returns), both (B, R)."""
+        advantages, returns = ppo.gae(rewards, values, mask, self.cfg.ppo.gamma, self.cfg.ppo.lam)
+        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps)
+        return advantages.clamp(-self.adv_clip, self.adv_clip), returns
+
+    # ------------------------------------------------------------ losses
+    def policy_loss(self, logp, old_logp, advantages, mask):
+        """[policy_clip] surrogate. Returns (loss, clipfrac)."""
+        clip = self.cfg.policy_clip
+        return self._policy_loss(logp, old_logp, advantages, mask, clip.eps, clip.dual_c)
+
+    def kl_loss(self, logp, ref_logp, mask) -> torch.Tensor:
+        """[kl_penalty=loss] term: coef * mean per-token KL estimate to the reference (0 when off)."""
+        if self.kl_loss_coef == 0:
+            return torch.zeros((), device=logp.device)
+        return self.kl_loss_coef * ppo.masked_mean(ppo.kl_estimate(logp, ref_logp, self.kl_estimator), mask)
+
+    def value_loss(self, values, old_values, returns, mask):
+        """[value_clip] value loss. Returns (loss, clipfrac)."""
+        return ppo.value_loss(values, old_values, returns, mask, self.value_clip_eps)
+
+    # ------------------------------------------------------------ state for checkpoints
+    def state_dict(self) -> dict:
+        return {"return_stats": self.return_stats.state_dict(), "score_stats": self.score_stats.state_dict(),
+                "kl_coef": self.kl_ctl.coef}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.return_stats.load_state_dict(state["return_stats"])
+        self.score_stats.load_state_dict(state["score_stats"])
+        self.kl_ctl.coef = state["kl_coef"]

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny, randomly initialised checkpoints (no training, no network) and composed configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from rlhf_lab.config import Config, register_schema, to_config
+from rlhf_lab.models import quiet_transformers
+from rlhf_lab.paths import conf_dir
+from rlhf_lab.toy.language import ToyLanguage
+from rlhf_lab.toy.stages import build_tokenizer
+
+register_schema()
+quiet_transformers()
+
+
+def make_config(*overrides: str) -> Config:
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """(sft_dir, rm_dir): a 2-layer, 32-wide Llama and a reward model of the same shape, random weights."""
+    root = tmp_path_factory.mktemp("tiny")
+    language = ToyLanguage.build(0)
+    tokenizer = build_tokenizer(language)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=None, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    sft_dir, rm_dir = root / "sft", root / "rm"
+    LlamaForCausalLM(config).save_pretrained(sft_dir)
+    tokenizer.save_pretrained(sft_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1)
+    torch.nn.init.normal_(rm.score.weight, std=0.5)
+    rm.save_pretrained(rm_dir)
+    tokenizer.save_pretrained(rm_dir)
+    return sft_dir, rm_dir

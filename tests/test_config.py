@@ -1,0 +1,119 @@
+"""The config tree: every option of every group composes under both presets; bad input fails early and clearly."""
+
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from rlhf_lab.config import TRICK_GROUPS, ConfigError, register_schema, to_config
+from rlhf_lab.paths import conf_dir
+
+register_schema()
+PRESETS = ("vanilla", "ppo_max")
+OPTIONS = {group: sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) for group in TRICK_GROUPS}
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_every_trick_group_has_its_options():
+    assert OPTIONS["kl_penalty"] == ["adaptive", "loss", "off", "token"]
+    assert OPTIONS["policy_clip"] == ["dual", "off", "ppo"]
+    assert OPTIONS["critic_init"] == ["random", "reward_model", "sft"]
+    assert OPTIONS["critic_pretrain"] == ["converge", "off", "steps"]
+    assert all(options for options in OPTIONS.values())
+
+
+def test_every_option_file_has_a_comment_line():
+    for group, options in OPTIONS.items():
+        for option in options:
+            first = (conf_dir() / group / f"{option}.yaml").read_text().splitlines()[0]
+            assert first.startswith("# ") and len(first) > 20, f"{group}/{option}.yaml"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in OPTIONS.items() for o in opts])
+def test_every_option_composes_after_every_preset(preset, group, option):
+    cfg = to_config(composed(f"preset={preset}", f"{group}={option}"))
+    assert cfg.tricks()[group] == option
+
+
+def test_presets_choose_every_group():
+    vanilla, ppo_max = to_config(composed("preset=vanilla")), to_config(composed("preset=ppo_max"))
+    assert set(vanilla.tricks()) == set(TRICK_GROUPS)
+    assert vanilla.tricks() == {g: ("ppo" if g == "policy_clip" else "sft" if g == "critic_init" else "off")
+                                for g in TRICK_GROUPS}
+    assert ppo_max.tricks() == {
+        "reward_scaling": "off", "reward_norm": "running", "reward_clip": "on", "adv_norm": "whiten",
+        "adv_clip": "off", "kl_penalty": "token", "entropy_bonus": "off", "policy_clip": "ppo", "value_clip": "on",
+        "critic_init": "reward_model", "critic_pretrain": "steps", "grad_clip": "global", "ptx_loss": "on"}
+    assert to_config(composed()).tricks() == ppo_max.tricks()  # ppo_max is the default
+
+
+def test_unknown_key_and_bad_type_fail_at_composition():
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        composed("no_such_key=1")
+    with pytest.raises(ConfigCompositionException):
+        composed("iterations=abc")
+    with pytest.raises(ConfigCompositionException):
+        composed("kl_penalty.name=sometimes")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("ppo.temperature=0", "ppo.temperature"), ("ppo.minibatches=3", "ppo.minibatches"),
+    ("policy_clip.eps=1.5", "policy_clip.eps"), ("iterations=0", "iterations"),
+    ("reward_clip.clip=-1", "reward_clip.clip"), ("grad_clip.max_norm=0", "grad_clip.max_norm"),
+])
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        to_config(composed(override))
+
+
+def test_contradictions_are_errors():
+    with pytest.raises(ConfigError, match="allow_reward_and_loss"):
+        to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1"))
+    both = to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1", "kl_penalty.allow_reward_and_loss=true"))
+    assert both.kl_penalty.in_reward and both.kl_penalty.in_loss
+    with pytest.raises(ConfigError, match="dual_c"):
+        to_config(composed("policy_clip=dual", "policy_clip.dual_c=1.1"))
+    with pytest.raises(ConfigError, match="model=hf"):
+        to_config(composed("task=jsonl", "task.prompts_file=p.jsonl"))
+
+
+def test_suspicious_combinations_warn():
+    with pytest.warns(UserWarning, match="rescaled twice"):
+        to_config(composed("reward_scaling=running_std", "reward_norm=running"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_config(composed("preset=ppo_max"))
+        to_config(composed("preset=vanilla"))
+
+
+def test_hf_model_needs_its_paths():
+    with pytest.raises(Exception, match="model.policy"):
+        to_config(composed("task=jsonl", "task.prompts_file=p.jsonl", "model=hf"))
+
+
+@pytest.mark.parametrize("override,key", [("no_such_key=1", "no_such_key"), ("iterations=abc", "iterations"),
+                                          ("ppo.temperature=-1", "ppo.temperature")])
+def test_cli_rejects_bad_config_fast(override, key, tmp_path):
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", override, f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert key in out.stderr + out.stdout
+    assert time.perf_counter() - started < 10
+    assert not (tmp_path / "run.json").exists()
+
+
+def test_help_lists_groups_and_options():
+    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for group, options in OPTIONS.items():
+        assert f"{group}: {', '.join(options)}" in out.stdout
