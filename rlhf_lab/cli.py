@@ -6,6 +6,7 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -20,7 +21,7 @@ register_schema()
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def _app(dict_cfg: DictConfig) -> None:
     try:
-        cfg = to_config(dict_cfg)
+        cfg = to_config(dict_cfg, HydraConfig.get().overrides.task)
     except (ConfigError, OmegaConfBaseException) as err:
         print(f"rlhf-train: config error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -306,7 +306,7 @@ class PPOConfig:
     minibatches: int = 2  # minibatches per epoch
     gamma: float = 1.0  # GAE discount
     lam: float = 0.95  # GAE lambda
-    policy_lr: float = 3e-5  # AdamW learning rate of the policy
+    policy_lr: float = 2e-4  # AdamW learning rate of the policy (tiny toy model: large)
     critic_lr: float = 1e-4  # AdamW learning rate of the critic
     weight_decay: float = 0.0  # AdamW weight decay (both models)
 
@@ -437,15 +437,17 @@ def validate(cfg: Config) -> list[str]:
 RESUME_MAY_CHANGE = ("resume", "iterations", "run", "logger")
 
 
-def resumed_config(current: DictConfig) -> DictConfig:
-    """The saved config of the run directory `current.resume`, with `iterations`, `run.*` and `logger.*` taken
-    from the command line. Any other difference from the saved config is a ConfigError naming the keys."""
+def resumed_config(current: DictConfig, overrides: list[str]) -> DictConfig:
+    """The saved config of the run directory `current.resume`. `iterations`, `run.*` and `logger.*` may be
+    overridden on the command line; any other override that differs from the saved value is a ConfigError
+    naming the keys."""
     saved_file = Path(current.resume) / ".hydra" / "config.yaml"
     if not saved_file.is_file():
-        raise ConfigError(f"resume={current.resume!r} is not allowed: expected a run directory with {saved_file.name} "
-                          f"under .hydra/")
+        raise ConfigError(f"resume={current.resume!r} is not allowed: expected a run directory with "
+                          f".hydra/{saved_file.name}")
     saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_file))
-    conflicts = [key for key in _leaf_keys(current) if not key.startswith(RESUME_MAY_CHANGE)
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    conflicts = [key for key in keys if not key.startswith(RESUME_MAY_CHANGE)
                  and OmegaConf.select(current, key) != OmegaConf.select(saved, key)]
     if conflicts:
         raise ConfigError(f"resume: {', '.join(conflicts)} differ from the run being resumed; drop those overrides "
@@ -455,22 +457,13 @@ def resumed_config(current: DictConfig) -> DictConfig:
     return saved
 
 
-def _leaf_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in node.items():
-        if isinstance(value, DictConfig):
-            keys += _leaf_keys(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def to_config(cfg: DictConfig) -> Config:
+def to_config(cfg: DictConfig, overrides: list[str] = ()) -> Config:
     """Turn Hydra's composed DictConfig into a validated `Config` (range checks and combination checks).
 
-    With `resume` set, the saved config of that run directory is used (see `resumed_config`)."""
+    With `resume` set, the saved config of that run directory is used (see `resumed_config`); `overrides` are
+    the command line's."""
     if cfg.resume:
-        cfg = resumed_config(cfg)
+        cfg = resumed_config(cfg, list(overrides))
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     for message in validate(obj):

@@ -11,7 +11,7 @@ import torch
 from rlhf_lab import ppo
 from rlhf_lab.config import KLEstimator
 
-REPEAT_NGRAM = 3  # n of diversity/repeat_ngram_frac
+REPEAT_NGRAM = 2  # n of diversity/repeat_ngram_frac (bigrams catch "perfect perfect" as well as loops)
 
 
 def ngram_codes(tokens: torch.Tensor, text_mask: torch.Tensor, n: int, vocab_size: int):
