@@ -24,7 +24,7 @@ from rlhf_lab.trainer import Diverged, PPOTrainer
 log = logging.getLogger("rlhf_lab")
 
 # Overrides that do not define an ablation arm (they vary within one).
-NON_ARM_KEYS = ("seed", "iterations", "resume", "arm", "cache_dir", "logger", "run.")
+NON_ARM_KEYS = ("seed", "iterations", "resume", "arm", "cache_dir", "logger", "run.", "sweep")
 
 
 def arm_label(cfg: Config, overrides: list[str]) -> str:

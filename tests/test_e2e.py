@@ -69,7 +69,7 @@ def test_run_directory_contract(finished_run):
 def test_arm_label_comes_from_arm_defining_overrides():
     cfg = make_config()
     assert arm_label(cfg, ["preset=vanilla", "kl_penalty=token", "seed=3", "iterations=9", "run.progress=false",
-                           "logger=wandb"]) == "preset=vanilla,kl_penalty=token"
+                           "logger=wandb", "sweep=demo"]) == "preset=vanilla,kl_penalty=token"
     assert arm_label(cfg, ["seed=1"]) == "default"
     assert arm_label(make_config("arm=mine"), ["preset=vanilla"]) == "mine"
 

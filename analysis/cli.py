@@ -1,0 +1,97 @@
+"""``rlhf-report <run or sweep dirs...> [-o OUT]``: the stability report of a sweep (see analysis.report)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis.load import RUN_FILE, load_runs
+from analysis.report import write_report
+from analysis.stability import DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules
+
+_DEFAULTS = CollapseRules()
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    """Parse "1,3,10" into (1.0, 3.0, 10.0)."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of rlhf-report."""
+    parser = argparse.ArgumentParser(
+        prog="rlhf-report",
+        description="Stability report (HTML, Markdown, CSV, PNG/SVG) of RLHF runs: run directories or "
+                    "sweep directories containing them at any depth.")
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories and/or sweep directories")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="output directory (default: <first path>/report)")
+    rules = parser.add_argument_group("collapse detector (see the Collapse rules section of the report)")
+    rules.add_argument("--window", type=int, default=_DEFAULTS.window,
+                       help="smoothing window in logged steps (default %(default)s)")
+    rules.add_argument("--patience", type=int, default=_DEFAULTS.patience,
+                       help="consecutive steps a rule must hold (default %(default)s)")
+    rules.add_argument("--gold-drop-frac", type=float, default=_DEFAULTS.gold_drop_frac,
+                       help="gold drawdown as a fraction of the gain (default %(default)s)")
+    rules.add_argument("--noise-sigmas", type=float, default=_DEFAULTS.noise_sigmas,
+                       help="minimum drawdown in noise sds of the smoothed trace (default %(default)s)")
+    rules.add_argument("--kl-threshold", type=float, default=_DEFAULTS.kl_threshold,
+                       help="KL (nats) above which KL has exploded, proxy-free rule (default %(default)s)")
+    rules.add_argument("--ppl-ratio-max", type=float, default=_DEFAULTS.ppl_ratio_max,
+                       help="perplexity/initial at or below this = dropped (default %(default)s)")
+    rules.add_argument("--repeat-rise", type=float, default=_DEFAULTS.repeat_rise,
+                       help="rise of the repeated n-gram fraction = repetitive (default %(default)s)")
+    rules.add_argument("--length-ratio-min", type=float, default=_DEFAULTS.length_ratio_min,
+                       help="length/initial at or above this = run-on (default %(default)s)")
+    rules.add_argument("--no-gold", action="store_true",
+                       help="ignore the gold reward: use the proxy-free rule, as on a real task")
+    parser.add_argument("--final-window", type=int, default=DEFAULT_FINAL_WINDOW,
+                        help="'final' = mean of this many last logged steps (default %(default)s)")
+    parser.add_argument("--kl-budgets", type=_budgets, default=DEFAULT_KL_BUDGETS,
+                        help="KL budgets (nats) for reward-at-KL, comma-separated (default 1,3,10)")
+    parser.add_argument("--samples-per-step", type=int, default=3,
+                        help="sample responses shown per arm and step (default %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _rules(args: argparse.Namespace) -> CollapseRules:
+    """CollapseRules from the parsed flags."""
+    return CollapseRules(
+        window=args.window, patience=args.patience, use_gold=not args.no_gold,
+        gold_drop_frac=args.gold_drop_frac, noise_sigmas=args.noise_sigmas, kl_threshold=args.kl_threshold,
+        ppl_ratio_max=args.ppl_ratio_max, repeat_rise=args.repeat_rise, length_ratio_min=args.length_ratio_min)
+
+
+def default_output(first_path: Path) -> Path:
+    """<first path>/report (a run.json path counts as its directory)."""
+    return (first_path.parent if first_path.name == RUN_FILE else first_path) / "report"
+
+
+def main(argv=None) -> int:
+    """Entry point of rlhf-report; returns the exit status (0 ok, 1 nothing to report, 2 bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rules = _rules(args)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        runs, traces = load_runs(args.paths, progress=not args.no_progress)
+    except FileNotFoundError as error:
+        print(f"rlhf-report: error: {error}", file=sys.stderr)
+        return 1
+    if runs.empty:
+        print("rlhf-report: error: no run directories (directories containing run.json) found under "
+              + ", ".join(str(p) for p in args.paths), file=sys.stderr)
+        return 1
+    out_dir = args.output or default_output(args.paths[0])
+    report = write_report(runs, traces, out_dir, rules, args.final_window, args.kl_budgets,
+                          args.samples_per_step, sources=args.paths)
+    print(f"rlhf-report: {len(runs)} runs; wrote {report} (and report.md, summary.csv, runs.csv, figures/) "
+          f"in {out_dir}")
+    return 0

@@ -1,0 +1,315 @@
+"""Read run directories (DESIGN.md, "Run directory") into tidy pandas frames.
+
+``load_runs(paths)`` returns two frames:
+
+* ``runs``: one row per run: ``run_id, arm, seed, status, n_steps, last_step, started_at, finished_at,
+  git_sha, schema_version, nonfinite_values, overrides, wandb_url, run_dir``, then ``tricks.<group>`` and
+  ``config.<dotted.key>`` (the flattened ``.hydra/config.yaml``).
+* ``traces``: long format ``run_id, step, metric, value`` (``run_id`` and ``metric`` categorical), sorted by
+  run (in ``runs`` order), metric, step. A metric a run never logged has no rows; a NaN written by the
+  trainer has no row either (it is counted in ``runs.nonfinite_values``); +/-Infinity is kept.
+
+Reading is tolerant: a torn last line (a run still running, or killed mid-write) is ignored, as is any
+other line that is not a JSON object with a ``step`` (with a warning); a step logged twice (a resumed run)
+keeps its last row; runs without ``metrics.jsonl`` have no traces; a run whose ``run.json`` cannot be read
+is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+SKIPPED_DIRS = {"checkpoints"}
+SAMPLE_COLUMNS = ["step", "prompt", "response", "reward_proxy", "reward_gold"]
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def find_run_dirs(paths) -> list[Path]:
+    """Every run directory (a directory holding ``run.json``) under ``paths``, at any depth.
+
+    ``paths`` is one path or a list of them; each may be a run directory, a sweep directory or a
+    ``run.json`` file. The search does not descend into run directories, hidden directories or
+    ``checkpoints/``. Order: the order of ``paths``, then natural sort of names ("2" before "10");
+    duplicates are dropped. Raises FileNotFoundError for a path that does not exist.
+    """
+    found: dict[Path, None] = {}
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or directory: {path}")
+        if path.is_file() and path.name == RUN_FILE:
+            path = path.parent
+        for run_dir in _walk(path):
+            found.setdefault(run_dir.resolve(), None)
+    return list(found)
+
+
+def _walk(directory: Path):
+    """Yield run directories under ``directory`` (depth first, natural name order)."""
+    if (directory / RUN_FILE).is_file():
+        yield directory
+        return
+    try:
+        entries = [e for e in os.scandir(directory) if e.is_dir()]
+    except (NotADirectoryError, PermissionError):
+        return
+    for entry in sorted(entries, key=lambda e: _natural_key(e.name)):
+        if not entry.name.startswith(".") and entry.name not in SKIPPED_DIRS:
+            yield from _walk(Path(entry.path))
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers numerically ("job2" < "job10")."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
+
+
+def read_jsonl(path) -> tuple[list[dict], int]:
+    """Parse a JSON-lines file into a list of objects, and count its non-finite tokens.
+
+    Ignores a torn last line silently and any other unparsable or non-object line with a warning.
+    Accepts the ``NaN``/``Infinity``/``-Infinity`` tokens Python's json module writes; the second return
+    value is how many such tokens the kept records contain.
+    """
+    text = Path(path).read_bytes().decode("utf-8", errors="replace")
+    counter = _NonFiniteCounter()
+    try:  # fast path: the whole file as one JSON array
+        records = json.loads("[" + text.rstrip().replace("\n", ",") + "]", parse_constant=counter)
+        if all(isinstance(r, dict) for r in records):
+            return records, counter.count
+    except ValueError:
+        pass
+    return _read_jsonl_lines(path, text)
+
+
+def _read_jsonl_lines(path, text: str) -> tuple[list[dict], int]:
+    """Slow path of read_jsonl: parse line by line, dropping what does not parse."""
+    lines = text.split("\n")
+    records, count = [], 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        counter = _NonFiniteCounter()
+        try:
+            record = json.loads(line, parse_constant=counter)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+            count += counter.count
+        elif number == len(lines):
+            log.debug("%s: ignoring torn last line", path)
+        else:
+            log.warning("%s:%d: ignoring a line that is not a JSON object", path, number)
+    return records, count
+
+
+class _NonFiniteCounter:
+    """``parse_constant`` hook for json.loads: returns the float and counts the call."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, token: str) -> float:
+        self.count += 1
+        return float(token)
+
+
+def read_metrics(path) -> tuple[pd.DataFrame, int]:
+    """One run's ``metrics.jsonl`` as a wide float frame indexed by ``step``, plus its non-finite count.
+
+    Rows without a numeric ``step`` are dropped; non-numeric values become NaN; a repeated step keeps its
+    last row. A missing file gives an empty frame.
+    """
+    path = Path(path)
+    records, nonfinite = read_jsonl(path) if path.is_file() else ([], 0)
+    frame = pd.DataFrame.from_records(records)
+    if "step" not in frame:
+        frame["step"] = np.nan
+    for column in frame.select_dtypes(exclude="number").columns:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame.astype("float64")
+    frame = frame[np.isfinite(frame["step"])]
+    frame = frame.drop_duplicates("step", keep="last").sort_values("step")
+    return frame.set_index(frame["step"].astype("int64")).drop(columns="step"), nonfinite
+
+
+def _read_yaml(path: Path):
+    """The parsed YAML file, or None when it is missing or malformed (with a warning)."""
+    if not path.is_file():
+        return None
+    try:
+        return yaml.load(path.read_text(), Loader=_YAML_LOADER)
+    except yaml.YAMLError as error:
+        log.warning("%s: ignoring malformed YAML (%s)", path, error)
+        return None
+
+
+def read_config(run_dir) -> dict:
+    """The run's resolved Hydra config (``.hydra/config.yaml``), flattened to dotted keys; {} if absent."""
+    config = _read_yaml(Path(run_dir) / CONFIG_FILE)
+    return flatten(config) if isinstance(config, dict) else {}
+
+
+def read_overrides(run_dir) -> str:
+    """The run's Hydra overrides (``.hydra/overrides.yaml``) joined by spaces; "" if absent."""
+    overrides = _read_yaml(Path(run_dir) / OVERRIDES_FILE)
+    return " ".join(str(o) for o in overrides) if isinstance(overrides, list) else ""
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Flatten nested dicts to ``{"a.b.c": value}``; lists become compact JSON strings."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            flat[name] = json.dumps(value, separators=(",", ":"), default=str)
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_run(run_dir) -> tuple[dict, pd.DataFrame]:
+    """One run directory: its ``runs`` row (a dict) and its wide metrics frame (see read_metrics).
+
+    Raises ValueError when ``run.json`` is not a JSON object.
+    """
+    run_dir = Path(run_dir)
+    try:
+        meta = json.loads((run_dir / RUN_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{run_dir / RUN_FILE}: unreadable ({error})") from error
+    if not isinstance(meta, dict):
+        raise ValueError(f"{run_dir / RUN_FILE}: not a JSON object")
+    if meta.get("schema_version", 1) != 1:
+        log.warning("%s: schema_version %s, reading it as version 1", run_dir, meta.get("schema_version"))
+    config = read_config(run_dir)
+    metrics, nonfinite = read_metrics(run_dir / METRICS_FILE)
+    row = {
+        "run_id": str(meta.get("run_id") or run_dir.name),
+        "arm": str(meta.get("arm") or "unknown"),
+        "seed": meta.get("seed", config.get("seed")),
+        "status": meta.get("status", "unknown"),
+        "n_steps": len(metrics),
+        "last_step": metrics.index[-1] if len(metrics) else None,
+        "started_at": meta.get("started_at"),
+        "finished_at": meta.get("finished_at"),
+        "git_sha": meta.get("git_sha"),
+        "schema_version": meta.get("schema_version"),
+        "nonfinite_values": nonfinite,
+        "overrides": read_overrides(run_dir),
+        "wandb_url": (meta.get("wandb") or {}).get("url"),
+        "run_dir": str(run_dir),
+    }
+    row.update({f"tricks.{k}": v for k, v in (meta.get("tricks") or {}).items()})
+    row.update({f"config.{k}": v for k, v in config.items()})
+    return row, metrics
+
+
+def load_runs(paths, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load every run directory under ``paths`` (run dirs, sweep dirs at any depth, or a list of them).
+
+    Returns ``(runs, traces)`` as described in the module docstring. ``progress`` shows a tqdm bar on
+    stderr (only when stderr is a terminal). Raises FileNotFoundError for a missing path; an empty
+    ``runs`` frame means no run directory was found.
+    """
+    rows, frames = [], []
+    bar = tqdm(find_run_dirs(paths), desc="reading runs", unit="run", disable=None if progress else True)
+    for run_dir in bar:
+        try:
+            row, metrics = read_run(run_dir)
+        except ValueError as error:
+            log.warning("skipping run: %s", error)
+            continue
+        rows.append(row)
+        frames.append(metrics)
+    _make_run_ids_unique(rows)
+    runs = pd.DataFrame(rows, columns=None if rows else ["run_id", "arm", "seed", "status", "run_dir"])
+    return runs, _long_traces(list(runs["run_id"]), frames)
+
+
+def _make_run_ids_unique(rows: list[dict]) -> None:
+    """Suffix repeated run ids (``id~2``, ``id~3``...) so that run_id keys the traces, with a warning."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        run_id = row["run_id"]
+        seen[run_id] = seen.get(run_id, 0) + 1
+        if seen[run_id] > 1:
+            row["run_id"] = f"{run_id}~{seen[run_id]}"
+            log.warning("duplicate run_id %r in %s: renamed %r", run_id, row["run_dir"], row["run_id"])
+
+
+def _long_traces(run_ids: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack per-run wide metric frames into the long ``traces`` frame, vectorised, dropping NaN."""
+    metrics = sorted(set().union(*(frame.columns for frame in frames)))
+    code = {name: i for i, name in enumerate(metrics)}
+    parts = []
+    for run_code, frame in enumerate(frames):
+        columns = sorted(frame.columns, key=code.__getitem__)
+        values = frame[columns].to_numpy("float64").ravel(order="F")
+        keep = ~np.isnan(values)
+        n = len(frame)
+        parts.append((
+            np.full(keep.sum(), run_code, dtype="int32"),
+            np.tile(frame.index.to_numpy("int64"), len(columns))[keep],
+            np.repeat(np.array([code[c] for c in columns], dtype="int32"), n)[keep],
+            values[keep],
+        ))
+    run_codes, steps, metric_codes, values = (
+        np.concatenate([p[i] for p in parts]) if parts else np.array([], dtype=dt)
+        for i, dt in enumerate(["int32", "int64", "int32", "float64"])
+    )
+    return pd.DataFrame({
+        "run_id": pd.Categorical.from_codes(run_codes, categories=run_ids),
+        "step": steps,
+        "metric": pd.Categorical.from_codes(metric_codes, categories=metrics),
+        "value": values,
+    })
+
+
+def load_samples(run_dir) -> pd.DataFrame:
+    """A run's ``samples.jsonl`` as a frame with columns step, prompt, response, reward_proxy, reward_gold.
+
+    Missing file: an empty frame. Records without an integer-like ``step`` are dropped.
+    """
+    path = Path(run_dir) / SAMPLES_FILE
+    records = read_jsonl(path)[0] if path.is_file() else []
+    frame = pd.DataFrame.from_records(records).reindex(columns=SAMPLE_COLUMNS)
+    frame["step"] = pd.to_numeric(frame["step"], errors="coerce")
+    frame = frame[frame["step"].notna()].astype({"step": "int64"})
+    for column in ("reward_proxy", "reward_gold"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame.reset_index(drop=True)
+
+
+def wide_traces(traces: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """Long traces -> wide frame indexed by (run_id, step) with one column per metric.
+
+    ``metrics`` restricts (and orders) the columns; names absent from ``traces`` are left out.
+    """
+    if metrics is not None:
+        present = set(traces["metric"].cat.categories)
+        metrics = [m for m in metrics if m in present]
+        traces = traces[traces["metric"].isin(metrics)]
+    wide = traces.pivot(index=["run_id", "step"], columns="metric", values="value")
+    wide.columns = wide.columns.astype("object")
+    wide.columns.name = None
+    return wide[metrics] if metrics is not None else wide

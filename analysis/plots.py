@@ -1,0 +1,171 @@
+"""Figures of a sweep, each saved as PNG and SVG (matplotlib's Figure API: Agg, no pyplot state).
+
+* ``traces``: one panel per metric (proxy and gold reward, KL, perplexity, response length, entropy,
+  repetition), one colour per arm: the mean over the arm's runs of each run's smoothed trace, a band from
+  the minimum to the maximum run, and a triangle on the mean line at each run's collapse onset.
+* ``frontier``: proxy and gold reward against sqrt(KL), the arm means over training; dots: each run's
+  final values.
+* ``stability_heatmap``: arms x stability criteria, the fraction of the arm's runs passing each.
+
+KL is ``kl/ref_k3`` when logged, else ``kl/ref_k1`` (``names.KL_PREFERENCE``). Every figure aggregates per
+arm first, so a sweep of hundreds of runs draws as fast as a handful.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from analysis.load import wide_traces
+from analysis.names import ENTROPY, GOLD, LENGTH, PPL, PROXY, REPEAT, pick_kl_metric
+
+KL = "kl"  # placeholder in TRACE_PANELS for the preferred KL estimator
+TRACE_PANELS = (
+    (PROXY, "proxy reward"), (GOLD, "gold reward"), (KL, "KL to reference"), (PPL, "policy perplexity"),
+    (LENGTH, "mean response length"), (ENTROPY, "policy entropy"), (REPEAT, "repeated n-gram fraction"),
+)
+PNG_DPI = 110
+
+
+def arm_colours(arms) -> dict[str, tuple]:
+    """A distinct colour per arm (tab10, tab20 beyond 10 arms, repeating beyond 20)."""
+    arms = list(arms)
+    cmap = matplotlib.colormaps["tab10" if len(arms) <= 10 else "tab20"]
+    return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
+
+
+def arm_bands(runs: pd.DataFrame, traces: pd.DataFrame, metrics, window: int) -> pd.DataFrame:
+    """Per (arm, step): mean, min and max over the arm's runs of each run's smoothed trace.
+
+    Columns are a (metric, statistic) MultiIndex; smoothing is a centred rolling mean over ``window``
+    logged steps; non-finite values are ignored.
+    """
+    wide = wide_traces(traces, metrics).replace([np.inf, -np.inf], np.nan)
+    smoothed = wide.groupby(level="run_id", observed=True, group_keys=False).apply(
+        lambda frame: frame.rolling(window, center=True, min_periods=1).mean())
+    arm_of = runs.set_index("run_id")["arm"]
+    keys = [arm_of.reindex(smoothed.index.get_level_values("run_id")).to_numpy(),
+            smoothed.index.get_level_values("step")]
+    bands = smoothed.groupby(keys).agg(["mean", "min", "max"])
+    bands.index.names = ["arm", "step"]
+    return bands
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> Path:
+    """Save ``fig`` as name.png and name.svg in out_dir; return the PNG path."""
+    png = out_dir / f"{name}.png"
+    fig.savefig(png, dpi=PNG_DPI)
+    fig.savefig(out_dir / f"{name}.svg")
+    return png
+
+
+def _legend(fig: Figure, colours: dict, extra: list | None = None) -> None:
+    """One legend for the whole figure, above the panels."""
+    handles = [Line2D([], [], color=c, lw=2, label=arm) for arm, c in colours.items()]
+    handles += extra or []
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 6), frameon=False)
+
+
+def trace_grid(bands: pd.DataFrame, panels, stability: pd.DataFrame, colours: dict) -> Figure:
+    """The trace grid: one panel per (metric, title) in ``panels``; see the module docstring."""
+    ncols = 3 if len(panels) > 4 else 2
+    nrows = -(-len(panels) // ncols)
+    fig = Figure(figsize=(5 * ncols, 3.4 * nrows + 0.8), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    onsets = stability.dropna(subset=["collapse_onset"])
+    for ax, (metric, title) in zip(axes, panels):
+        for arm, colour in colours.items():
+            if arm not in bands.index.get_level_values("arm"):
+                continue
+            arm_band = bands.loc[arm, metric].dropna(subset=["mean"])
+            ax.plot(arm_band.index, arm_band["mean"], color=colour, lw=1.5)
+            ax.fill_between(arm_band.index, arm_band["min"], arm_band["max"], color=colour, alpha=0.2, lw=0)
+            steps = onsets.loc[onsets["arm"] == arm, "collapse_onset"].astype("int64").to_numpy()
+            if len(steps) and len(arm_band):
+                at = arm_band["mean"].reindex(steps, method="nearest")
+                ax.plot(steps, at, "v", color=colour, mec="black", mew=0.6, ms=7, ls="none")
+        ax.set_title(f"{title}\n({metric})", fontsize=10)
+        ax.set_xlabel("PPO iteration")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    onset_handle = Line2D([], [], marker="v", color="grey", mec="black", ls="none",
+                                           label="collapse onset (per run)")
+    _legend(fig, colours, [onset_handle])
+    return fig
+
+
+def frontier(bands: pd.DataFrame, kl_metric: str, rewards, stability: pd.DataFrame, colours: dict) -> Figure:
+    """Reward (each of ``rewards``: (metric, title)) against sqrt(KL): arm-mean paths and per-run finals."""
+    fig = Figure(figsize=(5.5 * len(rewards), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(rewards), squeeze=False).ravel()
+    final_of = {PROXY: "final_proxy", GOLD: "final_gold"}
+    for ax, (metric, title) in zip(axes, rewards):
+        for arm, colour in colours.items():
+            if arm not in bands.index.get_level_values("arm"):
+                continue
+            path = pd.DataFrame({"kl": bands.loc[arm, (kl_metric, "mean")],
+                                 "reward": bands.loc[arm, (metric, "mean")]}).dropna()
+            x = np.sqrt(path["kl"].clip(lower=0))
+            ax.plot(x, path["reward"], color=colour, lw=1.5)
+            if len(path):
+                ax.plot(x.iloc[0], path["reward"].iloc[0], "o", color=colour, mec="black", ms=5)
+            runs = stability[stability["arm"] == arm]
+            ax.plot(np.sqrt(runs["final_kl"].clip(lower=0)), runs[final_of[metric]], ".", color=colour,
+                    alpha=0.6, ms=6)
+        ax.set_title(f"{title} vs sqrt(KL)", fontsize=10)
+        ax.set_xlabel(f"sqrt({kl_metric})  [sqrt nats]")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    extra = [Line2D([], [], marker="o", color="grey", mec="black", ls="none", label="step 0"),
+             Line2D([], [], marker=".", color="grey", ls="none", label="run final")]
+    _legend(fig, colours, extra)
+    return fig
+
+
+def stability_heatmap(summary: pd.DataFrame) -> Figure:
+    """Arms x criteria heatmap of the ``pass_*`` columns of arm_summary (fraction of runs passing)."""
+    matrix = summary.set_index("arm")[[c for c in summary.columns if c.startswith("pass_")]]
+    labels = [c.removeprefix("pass_").replace("_", " ") for c in matrix.columns]
+    fig = Figure(figsize=(1.1 * len(labels) + 2.5, 0.45 * len(matrix) + 2.2), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(matrix.to_numpy("float64"), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(matrix)), matrix.index)
+    for (row, col), value in np.ndenumerate(matrix.to_numpy("float64")):
+        dark = not np.isnan(value) and abs(value - 0.5) > 0.3
+        ax.text(col, row, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label="fraction of runs passing")
+    ax.set_title("stability criteria per arm", fontsize=10)
+    return fig
+
+
+def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFrame, summary: pd.DataFrame,
+                  out_dir, window: int) -> dict[str, Path]:
+    """Draw and save every figure into ``out_dir`` (PNG + SVG); return {figure name: PNG path}.
+
+    Figures whose metrics no run logged are left out (e.g. no frontier without KL).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    present = set(traces["metric"].unique())
+    kl_metric = pick_kl_metric(present)
+    panels = [(kl_metric if metric == KL else metric, title) for metric, title in TRACE_PANELS
+              if (kl_metric if metric == KL else metric) in present]
+    colours = arm_colours(summary["arm"])
+    figures = {}
+    if panels:
+        bands = arm_bands(runs, traces, [metric for metric, _ in panels], window)
+        figures["traces"] = _save(trace_grid(bands, panels, stability, colours), out_dir, "traces")
+        rewards = [(metric, title) for metric, title in panels if metric in (PROXY, GOLD)]
+        if kl_metric and rewards:
+            figures["frontier"] = _save(frontier(bands, kl_metric, rewards, stability, colours), out_dir,
+                                        "frontier")
+    figures["stability_heatmap"] = _save(stability_heatmap(summary), out_dir, "stability_heatmap")
+    return figures

@@ -1,0 +1,285 @@
+"""The stability report of a sweep: HTML (self-contained), Markdown, CSV tables and figures.
+
+``write_report(runs, traces, out_dir)`` writes into ``out_dir``:
+
+* ``report.html``: summary table, figures (embedded as base64 PNG data URIs), per-arm sample responses
+  around the collapse onset (or at the last logged step), the runs table and the collapse rules;
+* ``report.md``: the same, with the figures linked as files;
+* ``summary.csv`` (``arm_summary``: one row per arm), ``runs.csv`` (``run_stability`` joined with the
+  ``runs`` frame: one row per run);
+* ``figures/{traces,frontier,stability_heatmap}.{png,svg}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.load import SAMPLES_FILE, load_samples
+from analysis.plots import write_figures
+from analysis.stability import (DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules, arm_summary,
+                                run_stability)
+
+FIGURE_TITLES = {
+    "traces": "Training traces per arm (mean of smoothed runs, band: min-max over runs)",
+    "frontier": "Reward vs sqrt(KL) frontier",
+    "stability_heatmap": "Stability criteria: fraction of runs passing",
+}
+MAX_RESPONSE_CHARS = 1200
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: .85em; margin: .5em 0; display: block; overflow-x: auto; }
+th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+pre { white-space: pre-wrap; background: #f7f7f7; padding: .5em; border-radius: 4px; margin: .2em 0 .8em; }
+.meta { color: #555; } .collapsed { color: #b00; font-weight: bold; }
+"""
+
+
+def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: CollapseRules = CollapseRules(),
+                 final_window: int = DEFAULT_FINAL_WINDOW, kl_budgets=DEFAULT_KL_BUDGETS,
+                 samples_per_step: int = 3, sources=()) -> Path:
+    """Write the full report of ``load_runs``' frames into ``out_dir``; return the path of report.html.
+
+    ``sources``: the input paths, listed in the report's header. Raises ValueError when ``runs`` is empty.
+    """
+    if runs.empty:
+        raise ValueError("no runs to report")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stability = run_stability(runs, traces, rules, final_window, kl_budgets)
+    summary = arm_summary(stability, rules)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    extra = runs[[c for c in runs.columns if c not in stability.columns or c == "run_id"]]
+    stability.merge(extra, on="run_id", how="left").to_csv(out_dir / "runs.csv", index=False)
+    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window)
+    report = {
+        "header": _header(runs, stability, sources),
+        "summary": display_summary(summary, kl_budgets),
+        "figures": figures,
+        "samples": arm_samples(runs, stability, samples_per_step),
+        "runs": display_runs(stability),
+        "rules": rules_text(rules, final_window),
+    }
+    (out_dir / "report.md").write_text(render_markdown(report, out_dir))
+    html_path = out_dir / "report.html"
+    html_path.write_text(render_html(report))
+    return html_path
+
+
+def _fmt(value, digits: int = 3) -> str:
+    """A number with ``digits`` significant digits; "–" for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _mean_ci(summary: pd.DataFrame, metric: str) -> pd.Series:
+    """"mean ± ci95" strings of ``metric`` per arm (just the mean when there is no interval)."""
+    return pd.Series([
+        _fmt(mean) if math.isnan(ci) else f"{_fmt(mean)} ± {_fmt(ci, 2)}"
+        for mean, ci in zip(summary[f"{metric}_mean"], summary[f"{metric}_ci95"])
+    ], index=summary.index)
+
+
+def _count_of(summary: pd.DataFrame, frac_column: str) -> pd.Series:
+    """"k/n" strings: how many of each arm's n_runs a fraction column stands for."""
+    counts = (summary[frac_column] * summary["n_runs"]).round().astype("int64")
+    return counts.astype(str) + "/" + summary["n_runs"].astype(str)
+
+
+def display_summary(summary: pd.DataFrame, kl_budgets) -> pd.DataFrame:
+    """The per-arm summary as strings for the report (mean ± 95% CI over seeds)."""
+    table = pd.DataFrame({
+        "arm": summary["arm"], "runs": summary["n_runs"], "completed": summary["n_completed"],
+        "diverged": _count_of(summary, "diverged_frac"), "collapsed": _count_of(summary, "collapse_frac"),
+        "median onset": summary["collapse_onset_median"].map(lambda v: _fmt(v, 6)),
+    })
+    metrics = ["final_proxy", "peak_proxy", "final_gold", "peak_gold"]
+    metrics += [f"gold_at_kl_{b:g}" for b in kl_budgets]
+    metrics += ["max_kl", "final_kl", "ppl_ratio", "length_ratio", "final_repeat_frac"]
+    for metric in metrics:
+        if f"{metric}_mean" in summary and summary[f"{metric}_mean"].notna().any():
+            table[metric.replace("_", " ")] = _mean_ci(summary, metric)
+    return table
+
+
+def display_runs(stability: pd.DataFrame) -> pd.DataFrame:
+    """The per-run table of the report, as strings."""
+    columns = ["run_id", "arm", "seed", "status", "n_steps", "collapsed", "collapse_onset", "collapse_rule",
+               "diverged", "final_proxy", "final_gold", "max_kl", "ppl_ratio", "length_ratio"]
+    return stability[columns].map(_fmt)
+
+
+def rules_text(rules: CollapseRules, final_window: int) -> list[str]:
+    """The collapse rules and conventions in words, with this report's values."""
+    r = rules
+    return [
+        f"All signals are smoothed with a centred rolling mean over {r.window} logged steps; "
+        f"a rule must hold on {r.patience} consecutive logged steps.",
+        f"Gold rule (gold reward logged{'' if r.use_gold else '; disabled here'}): the smoothed gold reward "
+        f"falls below its running peak by more than max({r.gold_drop_frac:g} × (peak − initial gold), "
+        f"{r.noise_sigmas:g} noise sd)"
+        + (", while the smoothed proxy reward has not fallen below its value at the gold peak. " if
+           r.require_proxy_up else ". ") + "Onset: where the gold decline began (the kink of a two-slope "
+        "line fitted to the gold reward around its last peak).",
+        f"Proxy-free rule (no gold): smoothed KL > {r.kl_threshold:g} nats and at least "
+        f"{r.min_degeneration_signals} of: perplexity ≤ {r.ppl_ratio_max:g} × initial, repeated n-gram "
+        f"fraction ≥ initial + {r.repeat_rise:g}, response length ≥ {r.length_ratio_min:g} × initial. "
+        "Onset: the first step of the sustained window.",
+        f"Initial = smoothed value at the first logged step (the SFT policy); final = mean of the last "
+        f"{final_window} logged steps; KL = kl/ref_k3 (else k1, else k2).",
+    ]
+
+
+def _header(runs: pd.DataFrame, stability: pd.DataFrame, sources) -> list[str]:
+    """Facts listed under the report's title."""
+    statuses = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().items())
+    return [
+        f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
+        f"{', '.join(str(s) for s in sources) or 'loaded frames'}.",
+        f"{len(runs)} runs ({statuses}) in {runs['arm'].nunique()} arms; "
+        f"{int(stability['collapsed'].sum())} collapsed, {int(stability['diverged'].sum())} diverged.",
+    ]
+
+
+def arm_samples(runs: pd.DataFrame, stability: pd.DataFrame, per_step: int) -> list[dict]:
+    """Per arm, up to ``per_step`` sample responses of one representative run at one or two steps.
+
+    The run: the arm's first collapsed run that logged samples, else its first run that did. The steps:
+    the last sample step at or before the collapse onset and the first one after it; without a collapse,
+    the last sample step. Returns [{arm, run_id, onset, steps: [(label, samples frame)]}] (steps empty
+    when no run of the arm logged samples).
+    """
+    table = stability.merge(runs[["run_id", "run_dir"]], on="run_id")
+    sections = []
+    for arm, arm_runs in table.groupby("arm", sort=False):
+        section = {"arm": arm, "run_id": None, "onset": None, "steps": []}
+        for run in arm_runs.sort_values("collapsed", ascending=False, kind="stable").to_dict("records"):
+            if not (Path(run["run_dir"]) / SAMPLES_FILE).is_file():
+                continue
+            samples = load_samples(run["run_dir"])
+            if len(samples):
+                onset = None if pd.isna(run["collapse_onset"]) else int(run["collapse_onset"])
+                section.update(run_id=run["run_id"], onset=onset, steps=_sample_steps(samples, onset, per_step))
+                break
+        sections.append(section)
+    return sections
+
+
+def _sample_steps(samples: pd.DataFrame, onset: int | None, per_step: int) -> list[tuple[str, pd.DataFrame]]:
+    """(label, first ``per_step`` samples) around ``onset``, or at the last step when onset is None."""
+    steps = sorted(samples["step"].unique())
+    if onset is None:
+        chosen = [(f"step {steps[-1]} (last logged)", steps[-1])]
+    else:
+        before = [s for s in steps if s <= onset]
+        after = [s for s in steps if s > onset]
+        chosen = ([(f"step {before[-1]} (before onset {onset})", before[-1])] if before else []) + \
+                 ([(f"step {after[0]} (after onset {onset})", after[0])] if after else [])
+    return [(label, samples[samples["step"] == step].head(per_step)) for label, step in chosen]
+
+
+def _clip(text) -> str:
+    """A response or prompt as text, cut to MAX_RESPONSE_CHARS."""
+    text = "" if text is None or (isinstance(text, float) and math.isnan(text)) else str(text)
+    return text if len(text) <= MAX_RESPONSE_CHARS else text[:MAX_RESPONSE_CHARS] + " […]"
+
+
+def _sample_caption(sample) -> str:
+    """The rewards of one sample, as a caption."""
+    return f"proxy {_fmt(sample['reward_proxy'])}, gold {_fmt(sample['reward_gold'])}"
+
+
+def render_html(report: dict) -> str:
+    """The self-contained HTML page (every figure inlined as a base64 PNG data URI)."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>RLHF stability report</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>RLHF stability report</h1>"]
+    parts += [f'<p class="meta">{e(line)}</p>' for line in report["header"]]
+    parts += ["<h2>Summary per arm</h2>", "<p>Mean ± 95% CI (t) over seeds; details in summary.csv.</p>",
+              report["summary"].to_html(index=False, border=0, na_rep="–")]
+    parts.append("<h2>Figures</h2>")
+    for name, png in report["figures"].items():
+        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+        parts += [f"<h3>{e(FIGURE_TITLES[name])}</h3>",
+                  f'<img src="data:image/png;base64,{data}" alt="{e(FIGURE_TITLES[name])}">',
+                  f'<p class="meta">Files: figures/{name}.png, figures/{name}.svg</p>']
+    parts.append("<h2>Sample responses</h2>")
+    for section in report["samples"]:
+        parts.append(f"<h3>{e(section['arm'])}</h3>")
+        if not section["steps"]:
+            parts.append('<p class="meta">No samples logged.</p>')
+            continue
+        parts.append(f'<p class="meta">Run {e(section["run_id"])}'
+                     + (f', <span class="collapsed">collapse onset at step {section["onset"]}</span>'
+                        if section["onset"] is not None else ", no collapse detected") + "</p>")
+        for label, samples in section["steps"]:
+            parts.append(f"<h4>{e(label)}</h4>")
+            for sample in samples.to_dict("records"):
+                parts += [f"<p><b>Prompt:</b> {e(_clip(sample['prompt']))} "
+                          f'<span class="meta">({e(_sample_caption(sample))})</span></p>',
+                          f"<pre>{e(_clip(sample['response']))}</pre>"]
+    parts += ["<h2>Runs</h2>", f"<details><summary>{len(report['runs'])} runs (all columns in runs.csv)"
+              "</summary>", report["runs"].to_html(index=False, border=0), "</details>"]
+    parts += ["<h2>Collapse rules</h2>", "<ul>"] + [f"<li>{e(line)}</li>" for line in report["rules"]]
+    parts += ["</ul>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table of a frame of strings."""
+    def row(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+    lines = [row(table.columns), "|" + "---|" * len(table.columns)]
+    return "\n".join(lines + [row(values) for values in table.itertuples(index=False)])
+
+
+def _fence(text: str) -> str:
+    """A fenced code block whose fence is longer than any backtick run in ``text``."""
+    fence = "`" * max(3, _longest_backtick_run(text) + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def _longest_backtick_run(text: str) -> int:
+    """Length of the longest run of consecutive backticks in ``text``."""
+    best = current = 0
+    for char in text:
+        current = current + 1 if char == "`" else 0
+        best = max(best, current)
+    return best
+
+
+def render_markdown(report: dict, out_dir: Path) -> str:
+    """The Markdown version of the report (figures linked as files relative to ``out_dir``)."""
+    lines = ["# RLHF stability report", ""] + [f"{line}  " for line in report["header"]]
+    lines += ["", "## Summary per arm", "", "Mean ± 95% CI (t) over seeds; details in summary.csv.", "",
+              _markdown_table(report["summary"].astype(str)), "", "## Figures", ""]
+    for name, png in report["figures"].items():
+        lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({Path(png).relative_to(out_dir)})",
+                  "", f"SVG: figures/{name}.svg", ""]
+    lines += ["## Sample responses", ""]
+    for section in report["samples"]:
+        lines += [f"### {section['arm']}", ""]
+        if not section["steps"]:
+            lines += ["No samples logged.", ""]
+            continue
+        onset = section["onset"]
+        lines += [f"Run {section['run_id']}, "
+                  + (f"collapse onset at step {onset}" if onset is not None else "no collapse detected"), ""]
+        for label, samples in section["steps"]:
+            lines += [f"#### {label}", ""]
+            for sample in samples.to_dict("records"):
+                lines += [f"Prompt ({_sample_caption(sample)}):", "", _fence(_clip(sample["prompt"])), "",
+                          "Response:", "", _fence(_clip(sample["response"])), ""]
+    lines += ["## Runs", "", _markdown_table(report["runs"]), "", "## Collapse rules", ""]
+    lines += [f"- {line}" for line in report["rules"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""Seconds per PPO iteration of the default toy config (preset=ppo_max), rollout vs train split.
+
+    python benchmarks/bench_ppo.py [overrides...]      e.g. preset=vanilla ppo.batch_size=128
+
+Builds (or reuses from the cache) the toy SFT policy and reward model, runs `--warmup` iterations, then
+times `--iterations` more and prints the median and the spread. No run directory is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from rlhf_lab.config import register_schema, to_config
+from rlhf_lab.paths import conf_dir
+from rlhf_lab.train import build_trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=args.overrides))
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    trainer = build_trainer(cfg)
+    print(f"setup (stages from cache or built, models loaded): {time.perf_counter() - started:.1f} s")
+    print(f"config: preset tricks {cfg.tricks()}")
+    print(f"batch {cfg.ppo.batch_size} prompts x {cfg.ppo.max_new_tokens} new tokens, "
+          f"{cfg.ppo.epochs} epochs x {cfg.ppo.minibatches} minibatches, torch threads {torch.get_num_threads()}")
+    rows = []
+    for i in range(args.warmup + args.iterations):
+        metrics, _ = trainer.step()
+        if i >= args.warmup:
+            rows.append(metrics)
+    for key in ("perf/iter_seconds", "perf/rollout_seconds", "perf/train_seconds", "perf/gen_tokens_per_second"):
+        values = [row[key] for row in rows]
+        print(f"{key:28s} median {statistics.median(values):9.3f}   min {min(values):9.3f}   max {max(values):9.3f}")
+    iteration = statistics.median(row["perf/iter_seconds"] for row in rows)
+    rollout = statistics.median(row["perf/rollout_seconds"] for row in rows)
+    train = statistics.median(row["perf/train_seconds"] for row in rows)
+    print(f"median seconds per PPO iteration: {iteration:.3f} (rollout {rollout:.3f} = {rollout / iteration:.0%}, "
+          f"train {train:.3f} = {train / iteration:.0%}) over {len(rows)} iterations")
+
+
+if __name__ == "__main__":
+    main()
