@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from rlhf_lab.trainer import PPOTrainer
+from rlhf_lab.trainer import Diverged, PPOTrainer
 
 
 def latest(checkpoints: Path) -> Path | None:
@@ -26,6 +26,11 @@ def latest(checkpoints: Path) -> Path | None:
 
 
 def save(trainer: PPOTrainer, checkpoints: Path, next_step: int) -> Path:
+    """Write a checkpoint to continue at `next_step`. Refuses (Diverged) to save non-finite weights, so the
+    latest checkpoint is always a good one."""
+    for model in (trainer.policy, trainer.critic):
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise Diverged(f"non-finite weights in the {'policy' if model is trainer.policy else 'critic'}")
     folder = checkpoints / f"step-{next_step:06d}"
     tmp = checkpoints / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

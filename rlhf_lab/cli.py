@@ -7,19 +7,22 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from rlhf_lab.config import ConfigError, register_schema, to_config
 from rlhf_lab.paths import conf_dir
+from rlhf_lab import sweep_summary
 
 log = logging.getLogger("rlhf_lab")
 
 register_schema()
+EXIT_CODES = {"failed": 1, "diverged": 3, "preempted": 4}  # and 2 for a config error
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def _app(dict_cfg: DictConfig) -> None:
+def _app(dict_cfg: DictConfig) -> str:
     try:
         cfg = to_config(dict_cfg, HydraConfig.get().overrides.task)
     except (ConfigError, OmegaConfBaseException) as err:
@@ -28,12 +31,15 @@ def _app(dict_cfg: DictConfig) -> None:
     from rlhf_lab.train import run  # heavy imports (torch, transformers) only after validation
 
     status = run(cfg)
-    if status not in ("completed",):
-        sys.exit(1 if status == "failed" else 3)
+    # A single run's exit code says how it ended; inside a sweep the other runs go on.
+    if HydraConfig.get().mode == RunMode.RUN and status != "completed":
+        sys.exit(EXIT_CODES[status])
+    return status
 
 
 def main() -> None:
     _app()
+    sys.exit(sweep_summary.SWEEP_EXIT_CODE)  # 0 for a single run that completed (others exit inside _app)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import traceback
 import uuid
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from rlhf_lab import checkpoint
@@ -83,64 +86,114 @@ def new_run_info(cfg: Config, arm: str, preset: str | None) -> dict:
     }
 
 
+def torch_threads(cfg: Config, launcher: DictConfig | None) -> int:
+    """`run.threads`, else cores / parallel jobs under a parallel local launcher (no oversubscription), else 0
+    (torch's default)."""
+    if cfg.run.threads:
+        return cfg.run.threads
+    n_jobs = (launcher or {}).get("n_jobs")
+    return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs and n_jobs > 0 else 0
+
+
 def run(cfg: Config) -> str:
+    """One run in Hydra's output directory (or the `resume` directory). Never raises for a training problem:
+    the status (completed, diverged, failed, preempted) is returned and written to run.json."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
     run_dir = RunDir(cfg.resume or hydra_cfg.runtime.output_dir)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.seed)
+    threads = torch_threads(cfg, hydra_cfg.launcher)
+    if threads:
+        torch.set_num_threads(threads)
+    resuming = checkpoint.latest(run_dir.checkpoints) is not None
+    if not resuming:
+        run_dir.write_info(new_run_info(cfg, arm_label(cfg, list(hydra_cfg.overrides.task)),
+                                        hydra_cfg.runtime.choices.get("preset")))
+    step = 0
+    with Preemption() as preemption:
+        try:
+            torch.manual_seed(cfg.seed)
+            trainer = build_trainer(cfg)
+            if resuming:
+                step = checkpoint.load(trainer, checkpoint.latest(run_dir.checkpoints))
+                run_dir.truncate_from(step)
+                run_dir.set_status("running", finished_at=None)
+                log.info("resuming %s at step %d", run_dir.path, step)
+            else:
+                for stats in trainer.pretrain_critic():
+                    log.info("critic pre-training: value loss %.4f, explained variance %.3f",
+                             stats["ppo/value_loss"], stats["ppo/explained_var"])
+            info = run_dir.read_info()
+            log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
+            return train_loop(cfg, trainer, run_dir, step, preemption)
+        except Diverged as err:
+            log.error("diverged: %s; last good checkpoint kept in %s", err, run_dir.checkpoints)
+            run_dir.set_status("diverged", error=str(err))
+            return "diverged"
+        except Exception as err:  # noqa: BLE001 - a failed run must not take the sweep down with it
+            log.error("failed:\n%s", traceback.format_exc())
+            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
+                               log=str(run_dir.path / f"{hydra_cfg.job.name}.log"))
+            return "failed"
 
-    trainer = build_trainer(cfg)
-    found = checkpoint.latest(run_dir.checkpoints)
-    if found:
-        start = checkpoint.load(trainer, found)
-        run_dir.truncate_from(start)
-        info = run_dir.set_status("running", finished_at=None)
-        log.info("resuming %s at step %d", run_dir.path, start)
-    else:
-        start = 0
-        info = new_run_info(cfg, arm_label(cfg, list(hydra_cfg.overrides.task)),
-                            hydra_cfg.runtime.choices.get("preset"))
-        run_dir.write_info(info)
-        for stats in trainer.pretrain_critic():
-            log.info("critic pre-training: value loss %.4f, explained variance %.3f",
-                     stats["ppo/value_loss"], stats["ppo/explained_var"])
-    log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
-    return train_loop(cfg, trainer, run_dir, start)
 
-
-def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir, start: int) -> str:
-    """PPO iterations `start .. cfg.iterations - 1`, logging every one; returns the final status."""
+def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir, start: int, preemption: "Preemption") -> str:
+    """PPO iterations `start .. cfg.iterations - 1`, logging every one. Returns "completed", or "preempted"
+    after a checkpoint when SIGUSR2/SIGTERM arrived (under submitit its handler then requeues the job)."""
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", unit="it",
                disable=not cfg.run.progress, dynamic_ncols=True)
-    step = start
-    try:
+    with bar:
         for step in bar:
             metrics, batch = trainer.step()
             run_dir.append_metrics({"step": step, **metrics})
             last = step == cfg.iterations - 1
             if step % cfg.run.samples_every == 0 or last:
                 run_dir.append_samples(samples(step, batch, cfg.run.samples_per_log))
-            if (step + 1) % cfg.run.checkpoint_every == 0 or last:
+            if (step + 1) % cfg.run.checkpoint_every == 0 or last or preemption.signal:
                 checkpoint.save(trainer, run_dir.checkpoints, step + 1)
+            if preemption.signal and not last:
+                log.warning("signal %s at step %d: checkpoint saved, stopping", preemption.signal.name, step)
+                run_dir.set_status("preempted")
+                preemption.hand_over()
+                return "preempted"
             bar.set_postfix({"proxy": f"{metrics['reward/proxy_mean']:.3f}",
                              "gold": f"{metrics.get('reward/gold_mean', float('nan')):.3f}",
                              "kl": f"{metrics['kl/ref_k1']:.2f}"}, refresh=False)
-    except Diverged as err:
-        log.error("step %d diverged: %s; last good checkpoint kept in %s", step, err, run_dir.checkpoints)
-        run_dir.set_status("diverged", error=str(err), failed_step=step)
-        return "diverged"
-    except Exception as err:
-        log.error("step %d failed:\n%s", step, traceback.format_exc())
-        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}", failed_step=step)
-        return "failed"
-    finally:
-        bar.close()
     run_dir.set_status("completed")
     log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)
     return "completed"
+
+
+class Preemption:
+    """Remembers SIGUSR2 (SLURM's warning before preemption or timeout, as submitit asks for it) and SIGTERM
+    (when nobody else handles it), so the loop can finish its iteration and checkpoint first.
+    `hand_over()` then calls the handler that was there before: submitit's requeues the job and exits."""
+
+    def __init__(self):
+        self.signal: signal.Signals | None = None
+        self.previous: dict[signal.Signals, object] = {}
+
+    def __enter__(self) -> "Preemption":
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            current = signal.getsignal(sig)
+            if sig == signal.SIGUSR2 or current in (signal.SIG_DFL, None):
+                self.previous[sig] = signal.signal(sig, self._remember)
+        return self
+
+    def _remember(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def hand_over(self) -> None:
+        """Pass the signal on: to submitit's handler (requeue and exit) if there was one, else exit."""
+        handler = self.previous.get(self.signal)
+        self.__exit__()
+        if callable(handler):
+            handler(self.signal, None)
+        raise SystemExit(128 + self.signal)
 
 
 def samples(step: int, batch, n: int) -> list[dict]:

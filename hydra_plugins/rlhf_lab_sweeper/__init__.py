@@ -1,0 +1,1 @@
+"""Hydra plugins of rlhf-lab: the `arms` sweeper (hydra/sweeper=arms)."""

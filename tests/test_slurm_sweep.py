@@ -1,0 +1,43 @@
+"""The smoke sweep on the real local SLURM cluster (tests/slurm/cluster.sh): one array job through submitit,
+one job preempted with `scancel --signal=USR2`, requeued, resumed and completed with contiguous metrics."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rlhf_lab.rundir import read_jsonl
+from test_slurm_cluster import slurm_cluster  # noqa: F401 - the fixture that checks/starts the cluster
+from test_sweeps import TINY
+
+pytestmark = pytest.mark.slurm
+ITERATIONS = 40
+
+
+def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):  # noqa: F811
+    sweep_dir, cache = tmp_path / "sweep", tmp_path / "cache"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_lab.cli", "-m", "sweep=smoke", "hydra/launcher=slurm", *TINY,
+         f"iterations={ITERATIONS}", "run.checkpoint_every=100", f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    target = sweep_dir / "vanilla,seed=0"  # job 0 of the array
+    deadline = time.time() + 400
+    while len(read_jsonl(target / "metrics.jsonl")) < 3:
+        assert time.time() < deadline and sweep.poll() is None, "the first job never got going"
+        time.sleep(0.1)
+    job_id = next((sweep_dir / ".submitit").glob("*_0")).name
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+
+    output, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, output[-4000:]
+    assert "4 runs: 4 completed" in output
+    for run_json in sweep_dir.glob("*/run.json"):
+        info = json.loads(run_json.read_text())
+        steps = [row["step"] for row in read_jsonl(run_json.parent / "metrics.jsonl")]
+        assert info["status"] == "completed" and steps == list(range(ITERATIONS)), run_json.parent.name
+    assert "checkpoint saved, stopping" in (target / "train.log").read_text()
+    states = subprocess.run(["sacct", "-j", job_id, "-D", "-n", "-X", "-o", "State"], capture_output=True,
+                            text=True).stdout.split()
+    assert "REQUEUED" in states and states[-1] == "COMPLETED", states

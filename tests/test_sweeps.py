@@ -1,0 +1,114 @@
+"""Sweeps: arms and labels, failure isolation, shared artefacts built once, preemption and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf_lab.artifacts import cached_build
+from rlhf_lab.rundir import read_jsonl
+
+TINY = ["task.sft.examples=300", "task.sft.epochs=1", "task.rm.pairs=150", "task.rm.epochs=1",
+        "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",
+        "ppo.batch_size=8", "ppo.max_new_tokens=8", "critic_pretrain.steps=1", "ptx_loss.batch_size=4",
+        "run.progress=false"]
+
+
+def rlhf_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_smoke_sweep_labels_arms_and_seeds(tmp_path, cache):
+    out = rlhf_train("-m", "sweep=smoke", *TINY, "iterations=2", f"cache_dir={cache}", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")}
+    assert set(runs) == {"vanilla,seed=0", "vanilla,seed=1", "ppo_max,seed=0", "ppo_max,seed=1"}
+    for name, info in runs.items():
+        arm, seed = name.split(",seed=")
+        assert (info["arm"], info["seed"], info["status"]) == (arm, int(seed), "completed")
+        assert info["tricks"]["kl_penalty"] == ("off" if arm == "vanilla" else "token")
+    assert "4 runs: 4 completed" in out.stdout
+
+
+def test_a_diverged_and_a_failed_run_do_not_stop_the_sweep(tmp_path, cache):
+    # arm 1 diverges (absurd learning rate), arm 2 fails (its artefact cache cannot be written)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    out = rlhf_train("-m", *TINY, "iterations=3", "ppo.policy_lr=1e-4,1e9", f"cache_dir={cache},{blocked}",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    statuses = sorted(json.loads(p.read_text())["status"] for p in (tmp_path / "sweep").glob("*/run.json"))
+    assert statuses == ["completed", "diverged", "failed", "failed"]
+    assert "4 runs: 1 completed, 1 diverged, 2 failed" in out.stdout
+    failed = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/run.json")]
+    failed = [info for info in failed if info["status"] == "failed"]
+    assert all(Path(info["log"]).exists() and "Traceback" in Path(info["log"]).read_text() for info in failed)
+    diverged = next(p.parent for p in (tmp_path / "sweep").glob("*/run.json")
+                    if json.loads(p.read_text())["status"] == "diverged")
+    assert "non-finite" in json.loads((diverged / "run.json").read_text())["error"]
+
+
+def _build_once(root: str, marker: str) -> None:
+    def build(out: Path) -> None:
+        with open(marker, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        (out / "weights").write_text("ok")
+    cached_build(Path(root), "thing", {"a": 1}, build)
+
+
+def test_concurrent_processes_build_an_artefact_once(tmp_path):
+    marker = tmp_path / "builds.txt"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_sweeps import _build_once; _build_once({str(tmp_path / 'cache')!r}, {str(marker)!r})")
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert len(marker.read_text().split()) == 1
+    built = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(built) == 1 and (built[0] / "weights").read_text() == "ok"
+
+
+def test_parallel_launcher_builds_shared_artefacts_once(tmp_path):
+    cache = tmp_path / "cache"
+    out = rlhf_train("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *TINY, "iterations=1",
+                     "seed=0,1", f"cache_dir={cache}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name.split("-")[1] for p in cache.iterdir() if p.is_dir()) == ["rm", "sft"]
+    assert len(list((tmp_path / "sweep").glob("*/run.json"))) == 2
+
+
+def test_sigusr2_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, cache):
+    common = [*TINY, "iterations=12", "seed=3", f"cache_dir={cache}", "run.checkpoint_every=100"]
+    assert rlhf_train(*common, f"hydra.run.dir={tmp_path / 'straight'}").returncode == 0
+    run_dir = tmp_path / "preempted"
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_lab.cli", *common, f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(read_jsonl(run_dir / "metrics.jsonl")) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR2)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR2
+    info = json.loads((run_dir / "run.json").read_text())
+    steps = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")]
+    assert info["status"] == "preempted" and 3 <= len(steps) < 12
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{len(steps):06d}"
+
+    out = rlhf_train(f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume-log'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
+    resumed = strip(read_jsonl(run_dir / "metrics.jsonl"))
+    assert [row["step"] for row in resumed] == list(range(12))
+    assert resumed == strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
