@@ -1,4 +1,4 @@
-"""Where the config tree, the sweeps and the artefact cache live."""
+"""Where the config tree and the artefact cache live."""
 
 from __future__ import annotations
 
@@ -8,23 +8,13 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent
 
 
-def _find(name: str) -> Path:
-    # A wheel carries the folder inside the package (rlhf_lab/_<name>); a source tree or an editable install
-    # has it at the repository's top level, beside the package.
-    for candidate in (_PACKAGE / f"_{name}", _PACKAGE.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"cannot find the {name}/ folder of rlhf-lab next to {_PACKAGE}")
-
-
 def conf_dir() -> Path:
-    """The Hydra config tree (conf/)."""
-    return _find("conf")
-
-
-def sweeps_dir() -> Path:
-    """The ready-made sweep definitions (sweeps/)."""
-    return _find("sweeps")
+    """The Hydra config tree: rlhf_lab/_conf in a wheel (a symlink to ../conf in the source tree, which an
+    editable install uses as it is)."""
+    for candidate in (_PACKAGE / "_conf", _PACKAGE.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"cannot find the conf/ folder of rlhf-lab next to {_PACKAGE}")
 
 
 def cache_dir(configured: str | None = None) -> Path:

@@ -1,9 +1,11 @@
 """The config tree: every option of every group composes under both presets; bad input fails early and clearly."""
 
+import os
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -117,3 +119,20 @@ def test_help_lists_groups_and_options():
     assert out.returncode == 0
     for group, options in OPTIONS.items():
         assert f"{group}: {', '.join(options)}" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_plain_wheel_install_finds_its_config_tree(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(root)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("rlhf_lab-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    where = subprocess.run([sys.executable, "-c", "from rlhf_lab.paths import conf_dir; print(conf_dir())"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(tmp_path / "site")) and Path(where, "sweep", "smoke.yaml").is_file()
+    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "--cfg", "job", "preset=vanilla", "sweep=smoke"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "iterations: 6" in out.stdout, out.stderr

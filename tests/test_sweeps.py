@@ -88,27 +88,59 @@ def test_parallel_launcher_builds_shared_artefacts_once(tmp_path):
     assert len(list((tmp_path / "sweep").glob("*/run.json"))) == 2
 
 
-def test_sigusr2_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, cache):
-    common = [*TINY, "iterations=12", "seed=3", f"cache_dir={cache}", "run.checkpoint_every=100"]
-    assert rlhf_train(*common, f"hydra.run.dir={tmp_path / 'straight'}").returncode == 0
-    run_dir = tmp_path / "preempted"
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_lab.cli", *common, f"hydra.run.dir={run_dir}"],
+PREEMPTABLE = [*TINY, "iterations=12", "seed=3"]
+
+
+def without_perf(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, cache):
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    out = rlhf_train(*PREEMPTABLE, f"cache_dir={cache}", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return without_perf(read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def start_and_interrupt(run_dir: Path, cache: Path, sig: signal.Signals, after_rows: int,
+                        *overrides: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_lab.cli", *PREEMPTABLE, f"cache_dir={cache}",
+                             f"hydra.run.dir={run_dir}", *overrides],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while len(read_jsonl(run_dir / "metrics.jsonl")) < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR2)
+    while len(read_jsonl(run_dir / "metrics.jsonl")) < after_rows and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
     proc.communicate(timeout=120)
+    return proc
+
+
+def resume_and_compare(run_dir: Path, tmp_path: Path, straight: list) -> None:
+    out = rlhf_train(f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume-log'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    resumed = without_perf(read_jsonl(run_dir / "metrics.jsonl"))
+    assert [row["step"] for row in resumed] == list(range(12))
+    assert resumed == straight
+
+
+def test_sigusr2_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, cache, straight_run):
+    run_dir = tmp_path / "preempted"
+    proc = start_and_interrupt(run_dir, cache, signal.SIGUSR2, 3, "run.checkpoint_every=100")
     assert proc.returncode == 128 + signal.SIGUSR2
     info = json.loads((run_dir / "run.json").read_text())
     steps = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")]
     assert info["status"] == "preempted" and 3 <= len(steps) < 12
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{len(steps):06d}"
+    resume_and_compare(run_dir, tmp_path, straight_run)
 
-    out = rlhf_train(f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'resume-log'}")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]  # noqa: E731
-    resumed = strip(read_jsonl(run_dir / "metrics.jsonl"))
-    assert [row["step"] for row in resumed] == list(range(12))
-    assert resumed == strip(read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, cache, straight_run):
+    run_dir = tmp_path / "killed"
+    proc = start_and_interrupt(run_dir, cache, signal.SIGKILL, 5, "run.checkpoint_every=2")
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    with open(run_dir / "metrics.jsonl", "a") as f:  # as if the kill had torn a line in half
+        f.write('{"step": 99, "rew')
+    resume_and_compare(run_dir, tmp_path, straight_run)
