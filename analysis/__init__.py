@@ -1,20 +1,22 @@
 """Stability analysis of rlhf-lab runs: loaders, stability metrics, the collapse detector, plots, report.
 
-Reads run directories only (DESIGN.md, "Run directory"); never imports torch or rlhf_lab. ``import
-analysis`` does not load matplotlib either: ``write_report`` and ``write_figures`` import it on first use.
+Reads run directories (DESIGN.md, "Run directory") and the W&B runs rlhf-lab logs (``analysis.wandb_runs``:
+offline run directories through wandb's command line, or the cloud API); never imports torch or rlhf_lab.
+``import analysis`` does not load matplotlib (nor wandb) either: ``write_report`` and ``write_figures`` import it on first use.
 """
 
 import importlib
 
 from analysis.load import find_run_dirs, load_runs, load_samples, read_jsonl, wide_traces
+from analysis.wandb_runs import load_wandb_runs
 from analysis.stability import (CollapseResult, CollapseRules, arm_summary, detect_collapse, run_metrics,
                                 run_stability, stability_criteria)
 
 _LAZY = {"write_report": "analysis.report", "write_figures": "analysis.plots"}
 
 __all__ = ["CollapseResult", "CollapseRules", "arm_summary", "detect_collapse", "find_run_dirs", "load_runs",
-           "load_samples", "read_jsonl", "run_metrics", "run_stability", "stability_criteria", "wide_traces",
-           *_LAZY]
+           "load_samples", "load_wandb_runs", "read_jsonl", "run_metrics", "run_stability", "stability_criteria",
+           "wide_traces", *_LAZY]
 
 
 def __getattr__(name: str):

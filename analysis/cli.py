@@ -1,4 +1,7 @@
-"""``rlhf-report <run or sweep dirs...> [-o OUT]``: the stability report of a sweep (see analysis.report)."""
+"""``rlhf-report <run or sweep dirs...> [-o OUT]``: the stability report of a sweep (see analysis.report).
+
+``rlhf-report --wandb ENTITY/PROJECT [--group G] -o OUT`` reports on W&B runs instead (cloud API); W&B
+offline run directories (``.../wandb/offline-run-*``) are accepted as paths."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.load import RUN_FILE, load_runs
+from analysis.load import RUN_FILE, frames_from_runs, read_runs
 from analysis.report import write_report
 from analysis.stability import DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules
 
@@ -26,10 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhf-report",
         description="Stability report (HTML, Markdown, CSV, PNG/SVG) of RLHF runs: run directories or "
-                    "sweep directories containing them at any depth.")
-    parser.add_argument("paths", nargs="+", type=Path, help="run directories and/or sweep directories")
+                    "sweep directories containing them at any depth, W&B offline run directories "
+                    "(.../wandb/offline-run-*) or folders of them, or W&B runs in the cloud (--wandb).")
+    parser.add_argument("paths", nargs="*", type=Path,
+                        help="run directories, sweep directories and/or W&B offline run directories")
     parser.add_argument("-o", "--output", type=Path,
-                        help="output directory (default: <first path>/report)")
+                        help="output directory (default: <first path>/report, or ./report with --wandb only)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT",
+                        help="also read the W&B runs of this project through the W&B API (needs a login)")
+    parser.add_argument("--group", metavar="G",
+                        help="with --wandb: only the runs of this W&B group (one sweep: its sweep directory)")
     rules = parser.add_argument_group("collapse detector (see the Collapse rules section of the report)")
     rules.add_argument("--window", type=int, default=_DEFAULTS.window,
                        help="smoothing window in logged steps (default %(default)s)")
@@ -80,18 +89,34 @@ def main(argv=None) -> int:
         rules = _rules(args)
     except ValueError as error:
         parser.error(str(error))
+    if not args.paths and not args.wandb:
+        parser.error("give run or sweep directories, or --wandb ENTITY/PROJECT")
+    if args.group and not args.wandb:
+        parser.error("--group needs --wandb ENTITY/PROJECT")
     try:
-        runs, traces = load_runs(args.paths, progress=not args.no_progress)
+        pairs = read_runs(args.paths, progress=not args.no_progress)
     except FileNotFoundError as error:
         print(f"rlhf-report: error: {error}", file=sys.stderr)
         return 1
+    sources = list(args.paths)
+    if args.wandb:
+        from analysis.wandb_runs import read_api_runs
+
+        try:
+            pairs += read_api_runs(args.wandb, args.group)
+        except Exception as error:  # noqa: BLE001 - network, login, unknown project: say so and stop
+            print(f"rlhf-report: error: W&B {args.wandb}: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
+        sources.append(f"W&B {args.wandb}" + (f" group {args.group}" if args.group else ""))
+    runs, traces = frames_from_runs(pairs)
     if runs.empty:
-        print("rlhf-report: error: no run directories (directories containing run.json) found under "
-              + ", ".join(str(p) for p in args.paths), file=sys.stderr)
+        print("rlhf-report: error: no run directories (directories containing run.json) or W&B runs found in "
+              + ", ".join(str(p) for p in sources), file=sys.stderr)
         return 1
-    out_dir = args.output or default_output(args.paths[0])
+    out_dir = args.output or (default_output(args.paths[0]) if args.paths else Path("report"))
     report = write_report(runs, traces, out_dir, rules, args.final_window, args.kl_budgets,
-                          args.samples_per_step, sources=args.paths)
+                          args.samples_per_step, sources=sources)
     print(f"rlhf-report: {len(runs)} runs; wrote {report} (and report.md, summary.csv, runs.csv, figures/) "
           f"in {out_dir}")
     return 0
+

@@ -13,6 +13,12 @@ Reading is tolerant: a torn last line (a run still running, or killed mid-write)
 other line that is not a JSON object with a ``step`` (with a warning); a step logged twice (a resumed run)
 keeps its last row; runs without ``metrics.jsonl`` have no traces; a run whose ``run.json`` cannot be read
 is skipped with a warning.
+
+W&B runs read the same way (``analysis.wandb_runs``): a path that is a W&B run directory
+(``.../wandb/offline-run-<time>-<id>``), a ``.wandb`` file, or a folder holding W&B run directories outside
+any run directory (e.g. ``<run dir>/wandb``) is read through ``wandb leet inspect --json``; those rows
+also have ``wandb_id``, ``wandb_group`` and ``wandb_project``. A sweep directory is read from its run
+directories (the W&B files inside them are not read twice).
 """
 
 from __future__ import annotations
@@ -49,21 +55,34 @@ def find_run_dirs(paths) -> list[Path]:
     ``checkpoints/``. Order: the order of ``paths``, then natural sort of names ("2" before "10");
     duplicates are dropped. Raises FileNotFoundError for a path that does not exist.
     """
+    return [path for path in find_sources(paths) if not is_wandb_run_dir(path)]
+
+
+def find_sources(paths) -> list[Path]:
+    """``find_run_dirs``, plus the W&B run directories found outside run directories (see the module doc),
+    in the same order. A ``.wandb`` file counts as its directory."""
     found: dict[Path, None] = {}
     for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no such file or directory: {path}")
-        if path.is_file() and path.name == RUN_FILE:
+        if path.is_file() and (path.name == RUN_FILE or path.suffix == ".wandb"):
             path = path.parent
         for run_dir in _walk(path):
             found.setdefault(run_dir.resolve(), None)
     return list(found)
 
 
+def is_wandb_run_dir(path) -> bool:
+    """True for a W&B run directory (``[offline-]run-<time>-<id>`` holding ``run-<id>.wandb``)."""
+    from analysis.wandb_runs import is_wandb_run_dir as check
+
+    return check(path)
+
+
 def _walk(directory: Path):
-    """Yield run directories under ``directory`` (depth first, natural name order)."""
-    if (directory / RUN_FILE).is_file():
+    """Yield run directories and W&B run directories under ``directory`` (depth first, natural name order)."""
+    if (directory / RUN_FILE).is_file() or is_wandb_run_dir(directory):
         yield directory
         return
     try:
@@ -71,7 +90,7 @@ def _walk(directory: Path):
     except (NotADirectoryError, PermissionError):
         return
     for entry in sorted(entries, key=lambda e: _natural_key(e.name)):
-        if not entry.name.startswith(".") and entry.name not in SKIPPED_DIRS:
+        if not entry.name.startswith(".") and entry.name not in SKIPPED_DIRS | {"latest-run"}:
             yield from _walk(Path(entry.path))
 
 
@@ -139,6 +158,11 @@ def read_metrics(path) -> tuple[pd.DataFrame, int]:
     """
     path = Path(path)
     records, nonfinite = read_jsonl(path) if path.is_file() else ([], 0)
+    return metrics_frame(records), nonfinite
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    """Metrics rows (dicts with a ``step``) as the wide float frame of ``read_metrics``."""
     frame = pd.DataFrame.from_records(records)
     if "step" not in frame:
         frame["step"] = np.nan
@@ -147,7 +171,7 @@ def read_metrics(path) -> tuple[pd.DataFrame, int]:
     frame = frame.astype("float64")
     frame = frame[np.isfinite(frame["step"])]
     frame = frame.drop_duplicates("step", keep="last").sort_values("step")
-    return frame.set_index(frame["step"].astype("int64")).drop(columns="step"), nonfinite
+    return frame.set_index(frame["step"].astype("int64")).drop(columns="step")
 
 
 def _read_yaml(path: Path):
@@ -229,18 +253,40 @@ def load_runs(paths, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame
 
     Returns ``(runs, traces)`` as described in the module docstring. ``progress`` shows a tqdm bar on
     stderr (only when stderr is a terminal). Raises FileNotFoundError for a missing path; an empty
-    ``runs`` frame means no run directory was found.
+    ``runs`` frame means no run directory was found. W&B run directories are read too (module docstring).
     """
-    rows, frames = [], []
-    bar = tqdm(find_run_dirs(paths), desc="reading runs", unit="run", disable=None if progress else True)
+    return frames_from_runs(read_runs(paths, progress))
+
+
+def read_runs(paths, progress: bool = False) -> list[tuple[dict, pd.DataFrame]]:
+    """The (runs row, wide metrics frame) pairs behind ``load_runs``, one per run, in its order."""
+    sources = find_sources(paths)
+    wandb_dirs = {path for path in sources if is_wandb_run_dir(path)}
+    from_wandb = {}
+    if wandb_dirs:  # read together: the attempts of a resumed W&B run are merged into one run
+        from analysis.wandb_runs import read_offline_runs, wandb_run_id
+
+        ordered = [path for path in sources if path in wandb_dirs]
+        from_wandb = {row["wandb_id"]: (row, metrics) for row, metrics in read_offline_runs(ordered)}
+    pairs = []
+    bar = tqdm(sources, desc="reading runs", unit="run", disable=None if progress else True)
     for run_dir in bar:
+        if run_dir in wandb_dirs:  # a W&B run goes where its first attempt was found
+            pair = from_wandb.pop(wandb_run_id(run_dir), None)
+            if pair is not None:
+                pairs.append(pair)
+            continue
         try:
-            row, metrics = read_run(run_dir)
+            pairs.append(read_run(run_dir))
         except ValueError as error:
             log.warning("skipping run: %s", error)
-            continue
-        rows.append(row)
-        frames.append(metrics)
+    return pairs
+
+
+def frames_from_runs(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(runs, traces)`` from (runs row, wide metrics frame) pairs, as ``load_runs`` returns them."""
+    rows = [row for row, _ in pairs]
+    frames = [metrics for _, metrics in pairs]
     _make_run_ids_unique(rows)
     runs = pd.DataFrame(rows, columns=None if rows else ["run_id", "arm", "seed", "status", "run_dir"])
     return runs, _long_traces(list(runs["run_id"]), frames)

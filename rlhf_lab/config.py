@@ -331,10 +331,15 @@ class LoggerConfig:
     project: Optional[str] = None  # wandb: project (default: $WANDB_PROJECT or "rlhf-lab")
     entity: Optional[str] = None  # wandb: entity (default: $WANDB_ENTITY)
     mode: Optional[str] = None  # wandb: online | offline | disabled (default: $WANDB_MODE or online)
+    group: Optional[str] = None  # wandb: run group (default: the sweep directory in a multirun, else the run id)
+    tags: list[str] = field(default_factory=list)  # wandb: extra tags (the tricks that are on are tags anyway)
+    init_timeout: Optional[float] = None  # wandb: seconds wandb.init may wait for the server (default 90)
 
     def __post_init__(self):
         _check(self.mode in (None, "online", "offline", "disabled"), "logger.mode",
                "one of [online, offline, disabled] or null", self.mode)
+        _check(self.init_timeout is None or self.init_timeout > 0, "logger.init_timeout", "> 0 or null",
+               self.init_timeout)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make
 from rlhf_lab.paths import cache_dir
 from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
 from rlhf_lab.trainer import Diverged, PPOTrainer
+from rlhf_lab.wandb_sink import WandbSink, previous_record  # wandb itself is imported lazily
 
 log = logging.getLogger("rlhf_lab")
 
@@ -106,9 +107,11 @@ def run(cfg: Config) -> str:
     if threads:
         torch.set_num_threads(threads)
     resuming = checkpoint.latest(run_dir.checkpoints) is not None
+    wandb_before = previous_record(run_dir)  # an earlier attempt's W&B run, continued below
     if not resuming:
         run_dir.write_info(new_run_info(cfg, arm_label(cfg, list(hydra_cfg.overrides.task)),
                                         hydra_cfg.runtime.choices.get("preset")))
+    sink = WandbSink.open(cfg, run_dir, wandb_before)  # never raises; does nothing unless logger=wandb
     step = 0
     with Preemption() as preemption:
         try:
@@ -125,35 +128,45 @@ def run(cfg: Config) -> str:
                              stats["ppo/value_loss"], stats["ppo/explained_var"])
             info = run_dir.read_info()
             log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
-            return train_loop(cfg, trainer, run_dir, step, preemption)
+            status = train_loop(cfg, trainer, run_dir, step, preemption, sink)
+            sink.finish(status)
+            return status
         except Diverged as err:
             log.error("diverged: %s; last good checkpoint kept in %s", err, run_dir.checkpoints)
             run_dir.set_status("diverged", error=str(err))
+            sink.finish("diverged")
             return "diverged"
         except Exception as err:  # noqa: BLE001 - a failed run must not take the sweep down with it
             log.error("failed:\n%s", traceback.format_exc())
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
                                log=str(run_dir.path / f"{hydra_cfg.job.name}.log"))
+            sink.finish("failed")
             return "failed"
 
 
-def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir, start: int, preemption: "Preemption") -> str:
-    """PPO iterations `start .. cfg.iterations - 1`, logging every one. Returns "completed", or "preempted"
-    after a checkpoint when SIGUSR2/SIGTERM arrived (under submitit its handler then requeues the job)."""
+def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir, start: int, preemption: "Preemption",
+               sink: "WandbSink") -> str:
+    """PPO iterations `start .. cfg.iterations - 1`, logging every one (to the run directory, and to `sink`, a
+    `WandbSink`, when given). Returns "completed", or "preempted" after a checkpoint when SIGUSR2/SIGTERM
+    arrived (under submitit its handler then requeues the job)."""
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", unit="it",
                disable=not cfg.run.progress, dynamic_ncols=True)
     with bar:
         for step in bar:
             metrics, batch = trainer.step()
             run_dir.append_metrics({"step": step, **metrics})
+            sink.log(step, metrics)
             last = step == cfg.iterations - 1
             if step % cfg.run.samples_every == 0 or last:
-                run_dir.append_samples(samples(step, batch, cfg.run.samples_per_log))
+                rows = samples(step, batch, cfg.run.samples_per_log)
+                run_dir.append_samples(rows)
+                sink.log_samples(step, rows)
             if (step + 1) % cfg.run.checkpoint_every == 0 or last or preemption.signal:
                 checkpoint.save(trainer, run_dir.checkpoints, step + 1)
             if preemption.signal and not last:
                 log.warning("signal %s at step %d: checkpoint saved, stopping", preemption.signal.name, step)
                 run_dir.set_status("preempted")
+                sink.finish("preempted")
                 preemption.hand_over()
                 return "preempted"
             bar.set_postfix({"proxy": f"{metrics['reward/proxy_mean']:.3f}",
