@@ -444,8 +444,8 @@ RESUME_MAY_CHANGE = ("resume", "iterations", "run", "logger")
 
 def resumed_config(current: DictConfig, overrides: list[str]) -> DictConfig:
     """The saved config of the run directory `current.resume`. `iterations`, `run.*` and `logger.*` may be
-    overridden on the command line; any other override that differs from the saved value is a ConfigError
-    naming the keys."""
+    overridden on the command line (`overrides`); any other override that differs from the saved value is a
+    ConfigError naming the keys."""
     saved_file = Path(current.resume) / ".hydra" / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"resume={current.resume!r} is not allowed: expected a run directory with "
@@ -457,8 +457,10 @@ def resumed_config(current: DictConfig, overrides: list[str]) -> DictConfig:
     if conflicts:
         raise ConfigError(f"resume: {', '.join(conflicts)} differ from the run being resumed; drop those overrides "
                           f"(only iterations, run.* and logger.* may change)")
-    for key in RESUME_MAY_CHANGE:
-        saved[key] = current[key]
+    saved.resume = current.resume
+    for key in keys:
+        if key.startswith(RESUME_MAY_CHANGE) and key != "resume":
+            OmegaConf.update(saved, key, OmegaConf.select(current, key), merge=False)
     return saved
 
 

@@ -66,11 +66,25 @@ class ArmSweeper(BasicSweeper):
 
     def split_arguments(self, overrides, max_batch_size):  # type: ignore[override]
         """Every arm x every combination of the axes; each job's overrides are the arm's, then `arm=<label>`,
-        then the combination (command-line overrides included)."""
+        then the combination (command-line overrides included). Without named arms, each combination of the
+        swept keys other than the seed is an arm, labelled by those overrides (`preset=vanilla,kl_penalty=off`);
+        an `arm=` given on the command line is kept."""
         combinations = BasicSweeper.split_arguments(overrides, None)[0]
-        if not self.arms:
-            jobs = combinations
-        else:
-            jobs = [[*arm_overrides, f"arm={label}", *combination]
-                    for label, arm_overrides in self.arms.items() for combination in combinations]
+        keys = {o.get_key_element() for o in overrides}
+        if self.arms:
+            return list(self.split_overrides_to_chunks(
+                [[*arm_overrides, _arm(label), *combination]
+                 for label, arm_overrides in self.arms.items() for combination in combinations], max_batch_size))
+        if "arm" in keys:
+            return list(self.split_overrides_to_chunks(combinations, max_batch_size))
+        swept = {o.get_key_element() for o in overrides if o.is_sweep_override()} - {"seed", "+seed"}
+        jobs = []
+        for combination in combinations:
+            label = ",".join(c for c in combination if c.split("=", 1)[0] in swept) or "default"
+            jobs.append([_arm(label.replace("/", "_")), *combination])
         return list(self.split_overrides_to_chunks(jobs, max_batch_size))
+
+
+def _arm(label: str) -> str:
+    """The `arm=<label>` override, quoted: a label may hold '=' and ','."""
+    return "arm='{}'".format(label.replace("'", ""))
