@@ -38,6 +38,11 @@ def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):  # n
         steps = [row["step"] for row in read_jsonl(run_json.parent / "metrics.jsonl")]
         assert info["status"] == "completed" and steps == list(range(ITERATIONS)), run_json.parent.name
     assert "checkpoint saved, stopping" in (target / "train.log").read_text()
-    states = subprocess.run(["sacct", "-j", job_id, "-D", "-n", "-X", "-o", "State"], capture_output=True,
-                            text=True).stdout.split()
+    deadline = time.time() + 60  # the job's result file appears before SLURM's accounting says COMPLETED
+    while True:
+        states = subprocess.run(["sacct", "-j", job_id, "-D", "-n", "-X", "-o", "State"], capture_output=True,
+                                text=True).stdout.split()
+        if states and states[-1] == "COMPLETED" or time.time() > deadline:
+            break
+        time.sleep(1)
     assert "REQUEUED" in states and states[-1] == "COMPLETED", states
