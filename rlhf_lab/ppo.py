@@ -50,6 +50,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logprobs_from_logits` and `entropy_from_logits` from one log-softmax. (B, R, V), (B, R) -> (B, R), (B, R)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
     """Per-token estimate of KL(policy || reference) from tokens sampled by the policy. (B, R) -> (B, R).
 

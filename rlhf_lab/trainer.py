@@ -19,8 +19,8 @@ from rlhf_lab import ppo
 from rlhf_lab.config import Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
 from rlhf_lab.metrics import rollout_metrics
-from rlhf_lab.models import (critic_values, generate, generation_config, lm_loss, pad_left, response_logits,
-                             response_mask, sequence_scores)
+from rlhf_lab.models import (check_packing, critic_values, generate_with_logits, generation_config, lm_loss,
+                             pad_left, response_logits, response_mask, sequence_scores)
 from rlhf_lab.tricks import Tricks
 
 
@@ -38,7 +38,7 @@ class Rollout:
     attention: torch.Tensor  # (B, T) attention mask (0 on left padding and after the first EOS)
     tokens: torch.Tensor  # (B, R) response token ids
     mask: torch.Tensor  # (B, R) 1.0 on response tokens up to and including the first EOS
-    logprobs: torch.Tensor  # (B, R) policy log-probs of the sampled tokens
+    logprobs: torch.Tensor  # (B, R) policy log-probs of the sampled tokens (0 where mask is 0, like the next three)
     ref_logprobs: torch.Tensor  # (B, R) reference log-probs
     entropy: torch.Tensor  # (B, R) policy entropy per position
     values: torch.Tensor  # (B, R) critic values
@@ -55,12 +55,15 @@ class PPOTrainer:
         self.policy, self.reference, self.critic, self.reward_model = policy, reference, critic, reward_model
         for frozen in (reference, reward_model):
             frozen.eval().requires_grad_(False)
+        for model in (policy, reference, critic, reward_model):
+            check_packing(model)
         self.prompts, self.sft_examples, self.gold_reward = prompts, sft_examples, gold_reward
         self.tricks = Tricks(cfg)
+        # fused AdamW: one kernel over all parameters instead of ~10 small ops per tensor (same update)
         self.policy_optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo.policy_lr,
-                                                  weight_decay=cfg.ppo.weight_decay)
+                                                  weight_decay=cfg.ppo.weight_decay, fused=True)
         self.critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo.critic_lr,
-                                                  weight_decay=cfg.ppo.weight_decay)
+                                                  weight_decay=cfg.ppo.weight_decay, fused=True)
         self.gen_config = generation_config(cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id,
                                             tokenizer.pad_token_id)
         self.vocab_size = len(tokenizer)
@@ -74,20 +77,20 @@ class PPOTrainer:
 
         started = time.perf_counter()
         self.policy.eval()
-        tokens = generate(self.policy, query_ids, query_mask, self.gen_config)
+        tokens, sampling_logits = generate_with_logits(self.policy, query_ids, query_mask, self.gen_config)
         seconds_generate = time.perf_counter() - started
         mask = response_mask(tokens, tok.eos_token_id)
         ids = torch.cat([query_ids, tokens], dim=1)
         attention = torch.cat([query_mask, mask.long()], dim=1)
         n = tokens.shape[1]
 
-        scores = sequence_scores(self.reward_model, ids, attention)
-        logits = response_logits(self.policy, ids, attention, n, ppo_cfg.temperature)
-        logprobs = ppo.logprobs_from_logits(logits, tokens)
-        entropy = ppo.entropy_from_logits(logits)
-        ref_logprobs = ppo.logprobs_from_logits(
-            response_logits(self.reference, ids, attention, n, ppo_cfg.temperature), tokens)
-        values = critic_values(self.critic, ids, attention, n)
+        # the policy's log-probs come from the logits generation sampled from: no second policy forward pass
+        logprobs, entropy = ppo.logprobs_and_entropy(sampling_logits.float() / ppo_cfg.temperature, tokens)
+        with torch.inference_mode():  # scoring passes (packed, see models.pack); results are copied out below
+            scores = sequence_scores(self.reward_model, ids, attention)
+            ref_logprobs = ppo.logprobs_from_logits(
+                response_logits(self.reference, ids, attention, n, ppo_cfg.temperature), tokens)
+            values = critic_values(self.critic, ids, attention, n)
 
         text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)
         responses = tok.batch_decode(text_tokens, skip_special_tokens=True)
@@ -95,8 +98,8 @@ class PPOTrainer:
         if self.gold_reward is not None:
             finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1).tolist()
             gold = torch.tensor(self.gold_reward(prompts, responses, finished))
-        return Rollout(prompts, responses, ids, attention, tokens, mask, logprobs, ref_logprobs, entropy,
-                       values * mask, scores, gold, seconds_generate)
+        return Rollout(prompts, responses, ids, attention, tokens, mask, logprobs * mask, ref_logprobs * mask,
+                       entropy * mask, values * mask, scores.clone(), gold, seconds_generate)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:
@@ -171,12 +174,16 @@ class PPOTrainer:
         """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss."""
         tricks = self.tricks
         logits = response_logits(self.policy, ids, attention, n, self.cfg.ppo.temperature)
-        logprobs = ppo.logprobs_from_logits(logits, tokens)
+        if tricks.entropy_coef:
+            logprobs, entropy = ppo.logprobs_and_entropy(logits, tokens)
+        else:
+            logprobs = ppo.logprobs_from_logits(logits, tokens)
+        logprobs = logprobs * mask  # 0 after EOS, as the rollout's: the ratio there is exactly 1
         policy_loss, clipfrac = tricks.policy_loss(logprobs, old_logprobs, advantages, mask)  # [policy_clip]
         loss = policy_loss
         entropy_bonus = torch.zeros(())
         if tricks.entropy_coef:  # [entropy_bonus]
-            entropy_bonus = tricks.entropy_coef * ppo.masked_mean(ppo.entropy_from_logits(logits), mask)
+            entropy_bonus = tricks.entropy_coef * ppo.masked_mean(entropy, mask)
             loss = loss - entropy_bonus
         loss = loss + tricks.kl_loss(logprobs, ref_logprobs, mask)  # [kl_penalty=loss]
         ptx_loss = torch.zeros(())
