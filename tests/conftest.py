@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny, randomly initialised checkpoints (no training, no network) and composed configs."""
+"""Shared fixtures: tiny, randomly initialised checkpoints (no training, no network), composed configs, and the
+local SLURM cluster."""
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,8 @@ from rlhf_lab.models import quiet_transformers
 from rlhf_lab.paths import conf_dir
 from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.toy.stages import build_tokenizer
+
+SLURM_CLUSTER_SH = Path(__file__).resolve().parent / "slurm" / "cluster.sh"
 
 register_schema()
 quiet_transformers()
@@ -41,3 +47,45 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     rm.save_pretrained(rm_dir)
     tokenizer.save_pretrained(rm_dir)
     return sft_dir, rm_dir
+
+
+# ---------------------------------------------------------------- the local SLURM cluster (tests/slurm/cluster.sh)
+def _run_cluster_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SLURM_CLUSTER_SH), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _slurm_conf_from_env_cmd() -> str:
+    out = _run_cluster_sh("env").stdout.strip()
+    prefix = "export SLURM_CONF="
+    assert out.startswith(prefix), f"unexpected `cluster.sh env` output: {out!r}"
+    return out[len(prefix) :]
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Make sure the cluster answers (starting it if RLHF_LAB_START_SLURM=1) and export SLURM_CONF."""
+    if os.environ.get("RLHF_LAB_START_SLURM") == "1":
+        proc = _run_cluster_sh("start", timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(
+                f"`cluster.sh start` failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False
+            )
+    if shutil.which("sbatch") is None:
+        pytest.skip("SLURM not available: no `sbatch` on PATH (run tests/slurm/cluster.sh start, or set "
+                    "RLHF_LAB_START_SLURM=1)")
+    status = _run_cluster_sh("status", timeout=30)
+    if status.returncode != 0:
+        pytest.skip("SLURM cluster not reachable: `tests/slurm/cluster.sh status` failed "
+                    f"({status.stderr.strip() or status.stdout.strip()}); start it with "
+                    "`tests/slurm/cluster.sh start` or set RLHF_LAB_START_SLURM=1")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = _slurm_conf_from_env_cmd()
+    try:
+        yield os.environ["SLURM_CONF"]
+    finally:
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old

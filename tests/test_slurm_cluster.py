@@ -14,7 +14,6 @@ module is registered with cloudpickle to be pickled *by value*.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,58 +26,18 @@ pytestmark = pytest.mark.slurm
 submitit = pytest.importorskip("submitit")
 cloudpickle = pytest.importorskip("cloudpickle")
 
-CLUSTER_SH = Path(__file__).resolve().parent / "slurm" / "cluster.sh"
 PARTITION = "local"
 JOB_DEADLINE_S = 180.0
 
 
 # --------------------------------------------------------------------------- fixtures
-def _run_cluster_sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(CLUSTER_SH), *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def _slurm_conf_from_env_cmd() -> str:
-    out = _run_cluster_sh("env").stdout.strip()
-    prefix = "export SLURM_CONF="
-    assert out.startswith(prefix), f"unexpected `cluster.sh env` output: {out!r}"
-    return out[len(prefix) :]
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """Make sure the cluster answers (starting it if RLHF_LAB_START_SLURM=1) and export SLURM_CONF."""
-    if os.environ.get("RLHF_LAB_START_SLURM") == "1":
-        proc = _run_cluster_sh("start", timeout=900)
-        if proc.returncode != 0:
-            pytest.fail(
-                f"`cluster.sh start` failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False
-            )
-    if shutil.which("sbatch") is None:
-        pytest.skip("SLURM not available: no `sbatch` on PATH (run tests/slurm/cluster.sh start, or set "
-                    "RLHF_LAB_START_SLURM=1)")
-    status = _run_cluster_sh("status", timeout=30)
-    if status.returncode != 0:
-        pytest.skip("SLURM cluster not reachable: `tests/slurm/cluster.sh status` failed "
-                    f"({status.stderr.strip() or status.stdout.strip()}); start it with "
-                    "`tests/slurm/cluster.sh start` or set RLHF_LAB_START_SLURM=1")
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = _slurm_conf_from_env_cmd()
-    # The job's python cannot import this test module by name: ship its functions/classes by value.
-    # (A module missing from sys.modules is pickled by value by cloudpickle anyway.)
-    module = sys.modules.get(__name__)
-    if module is not None:
-        cloudpickle.register_pickle_by_value(module)
-    try:
-        yield os.environ["SLURM_CONF"]
-    finally:
-        if module is not None:
-            cloudpickle.unregister_pickle_by_value(module)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
+@pytest.fixture(scope="module", autouse=True)
+def pickle_this_module_by_value(slurm_cluster):
+    """The job's python cannot import this test module by name: ship its functions/classes by value."""
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
 
 
 def _executor(folder: Path, name: str):
@@ -174,8 +133,9 @@ def test_submitit_runs_function_on_slurm(slurm_cluster, tmp_path):
     try:
         _wait_done(job)
         result = job.result()
-    finally:
-        _scancel(job.job_id)
+    except BaseException:
+        _scancel(job.job_id)  # only on failure: the result file appears before SLURM marks the job COMPLETED
+        raise
     assert result["value"] == 49
     assert result["job_id"] == job.job_id
     assert result["partition"] == PARTITION
@@ -202,8 +162,9 @@ def test_checkpointable_job_is_requeued_after_preemption(slurm_cluster, tmp_path
 
         _wait_done(job)
         result = job.result()
-    finally:
-        _scancel(job.job_id)
+    except BaseException:
+        _scancel(job.job_id)  # only on failure: the result file appears before SLURM marks the job COMPLETED
+        raise
 
     # Second run resumed from the checkpointed step, with SLURM_RESTART_COUNT=1.
     assert result["step"] == 20

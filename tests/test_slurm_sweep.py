@@ -9,14 +9,13 @@ import time
 import pytest
 
 from rlhf_lab.rundir import read_jsonl
-from test_slurm_cluster import slurm_cluster  # noqa: F401 - the fixture that checks/starts the cluster
 from test_sweeps import TINY
 
 pytestmark = pytest.mark.slurm
 ITERATIONS = 40
 
 
-def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):  # noqa: F811
+def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):
     sweep_dir, cache = tmp_path / "sweep", tmp_path / "cache"
     sweep = subprocess.Popen(
         [sys.executable, "-m", "rlhf_lab.cli", "-m", "sweep=smoke", "hydra/launcher=slurm", *TINY,
