@@ -10,7 +10,6 @@ import os
 import signal
 import traceback
 import uuid
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
