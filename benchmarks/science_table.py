@@ -2,7 +2,7 @@
 proxy reward, peak and final gold reward, KL, perplexity, length and repeated-bigram fraction, plus the SFT
 policy's values (iteration 0 of every run) and how many runs the collapse detector flags.
 
-    python benchmarks/science_table.py <sweep dir>        (e.g. after rlhf-train -m sweep=presets)
+    python benchmarks/science_table.py <sweep or run dirs...>     (e.g. after rlhf-train -m sweep=presets)
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ COLUMNS = {"reward/proxy_mean": "proxy", "reward/gold_mean": "gold", "kl/ref_k1"
            "length/response_mean": "length", "diversity/repeat_ngram_frac": "repeat"}
 
 
-def main(sweep_dir: str) -> None:
-    runs, traces = load_runs([sweep_dir])
+def main(paths: list[str]) -> None:
+    runs, traces = load_runs(paths)
     wide = wide_traces(traces, list(COLUMNS)).reset_index().sort_values(["run_id", "step"])
     arm_of = runs.set_index("run_id")["arm"]
     final = wide.groupby("run_id").tail(10).groupby("run_id")[list(COLUMNS)].mean()
@@ -41,4 +41,4 @@ def main(sweep_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
