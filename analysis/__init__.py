@@ -1,6 +1,6 @@
 """Stability analysis of rlhf-lab runs: loaders, stability metrics, the collapse detector, plots, report.
 
-Reads run directories (DESIGN.md, "Run directory") and the W&B runs rlhf-lab logs (``analysis.wandb_runs``:
+Reads run directories (docs/architecture.md, "Run directory") and the W&B runs rlhf-lab logs (``analysis.wandb_runs``:
 offline run directories through wandb's command line, or the cloud API); never imports torch or rlhf_lab.
 ``import analysis`` does not load matplotlib (nor wandb) either: ``write_report`` and ``write_figures`` import it on first use.
 """

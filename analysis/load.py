@@ -1,4 +1,4 @@
-"""Read run directories (DESIGN.md, "Run directory") into tidy pandas frames.
+"""Read run directories (docs/architecture.md, "Run directory") into tidy pandas frames.
 
 ``load_runs(paths)`` returns two frames:
 

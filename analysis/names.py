@@ -1,4 +1,4 @@
-"""Metric names of the run-directory contract that the analysis relies on (see DESIGN.md)."""
+"""Metric names of the run-directory contract that the analysis relies on (docs/architecture.md, "Metric names")."""
 
 PROXY = "reward/proxy_mean"
 GOLD = "reward/gold_mean"

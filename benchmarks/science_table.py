@@ -1,6 +1,8 @@
-"""The README's science table: per arm, mean +- sd over seeds of the final (mean of the last 10 iterations)
-proxy reward, peak and final gold reward, KL, perplexity, length and repeated-bigram fraction, plus the SFT
-policy's values (iteration 0 of every run) and how many runs the collapse detector flags.
+"""The README's science table: per arm, mean +- sd over runs (testbed instances x PPO seeds) of the final (mean
+of the last 10 iterations) proxy reward, peak and final gold reward, KL, perplexity, length and repeated-bigram
+fraction, plus the SFT policy's values (iteration 0 of every run) and how many runs the collapse detector flags;
+then, per testbed instance (`task.language_seed`), the arms' final KL and gold and the effects the science test
+asserts: vanilla's KL over ppo_max's, and ppo_max's gold minus vanilla's.
 
     python benchmarks/science_table.py <sweep or run dirs...>     (e.g. after rlhf-train -m sweep=presets)
 """
@@ -13,6 +15,11 @@ from analysis import arm_summary, load_runs, run_stability, wide_traces
 
 COLUMNS = {"reward/proxy_mean": "proxy", "reward/gold_mean": "gold", "kl/ref_k1": "KL (k1)", "ppl/policy": "ppl",
            "length/response_mean": "length", "diversity/repeat_ngram_frac": "repeat"}
+INSTANCE = "config.task.language_seed"
+
+
+def cell(values) -> str:
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
 
 
 def main(paths: list[str]) -> None:
@@ -21,23 +28,38 @@ def main(paths: list[str]) -> None:
     arm_of = runs.set_index("run_id")["arm"]
     final = wide.groupby("run_id").tail(10).groupby("run_id")[list(COLUMNS)].mean()
     initial = wide[wide["step"] == 0].set_index("run_id")[list(COLUMNS)]
-    peak_gold = wide.groupby("run_id")["reward/gold_mean"].apply(lambda s: s.rolling(5, center=True).mean().max())
-    final["peak gold"] = peak_gold
+    final["peak gold"] = wide.groupby("run_id")["reward/gold_mean"].apply(
+        lambda s: s.rolling(5, center=True).mean().max())
+    stability = run_stability(runs, traces).set_index("run_id")
     collapsed = arm_summary(run_stability(runs, traces)).set_index("arm")["collapse_frac"]
 
-    def cell(values) -> str:
-        return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
-
-    header = ["arm (seeds)", "final proxy", "peak gold", "final gold", "final KL (k1)", "final ppl", "final length",
+    header = ["arm (runs)", "final proxy", "peak gold", "final gold", "final KL (k1)", "final ppl", "final length",
               "final repeat", "collapsed"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     sft = [cell(initial[m]) for m in COLUMNS]
-    print(f"| SFT policy (iteration 0, all runs) | {sft[0]} | – | {sft[1]} | {sft[2]} | {sft[3]} | {sft[4]} | {sft[5]} | – |")
+    print(f"| SFT policy (iteration 0, all runs) | {sft[0]} | – | {sft[1]} | {sft[2]} | {sft[3]} | {sft[4]} | "
+          f"{sft[5]} | – |")
     for arm, group in final.groupby(arm_of):
         row = [cell(group[m]) for m in ("reward/proxy_mean", "peak gold", "reward/gold_mean", "kl/ref_k1",
                                         "ppl/policy", "length/response_mean", "diversity/repeat_ngram_frac")]
         print(f"| {arm} ({len(group)}) | " + " | ".join(row) + f" | {collapsed[arm]:.0%} |")
+
+    if INSTANCE not in runs or runs[INSTANCE].nunique() < 2:
+        return
+    final["arm"], final["instance"] = arm_of, runs.set_index("run_id")[INSTANCE]
+    final["collapsed"] = stability["collapsed"]
+    per = final.groupby(["instance", "arm"]).agg(kl=("kl/ref_k1", "mean"), gold=("reward/gold_mean", "mean"),
+                                                  proxy=("reward/proxy_mean", "mean"),
+                                                  collapsed=("collapsed", "mean")).unstack("arm")
+    print("\n| language_seed | final KL vanilla / ppo_max | final gold vanilla / ppo_max | final proxy vanilla / "
+          "ppo_max | KL ratio | gold difference | collapsed vanilla / ppo_max |")
+    print("|---|---|---|---|---|---|---|")
+    for instance, r in per.iterrows():
+        print(f"| {instance} | {r['kl', 'vanilla']:.1f} / {r['kl', 'ppo_max']:.1f} | {r['gold', 'vanilla']:.2f} / "
+              f"{r['gold', 'ppo_max']:.2f} | {r['proxy', 'vanilla']:.2f} / {r['proxy', 'ppo_max']:.2f} | "
+              f"{r['kl', 'vanilla'] / r['kl', 'ppo_max']:.1f}x | {r['gold', 'ppo_max'] - r['gold', 'vanilla']:+.2f} | "
+              f"{r['collapsed', 'vanilla']:.0%} / {r['collapsed', 'ppo_max']:.0%} |")
 
 
 if __name__ == "__main__":

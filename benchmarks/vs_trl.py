@@ -38,7 +38,7 @@ Remaining differences (none changes the amount of model work, except where noted
   sequences without their padding and applies the LM head only where a response token is predicted.
   This is the optimisation under test, not a difference in the algorithm.
 - TRL logs through the transformers Trainer callbacks and calls gc.collect() every iteration; ours computes its
-  DESIGN.md metrics (diversity, perplexity, KL estimators...) and the toy task's gold reward every iteration
+  contract metrics (diversity, perplexity, KL estimators...) and the toy task's gold reward every iteration
   and writes nothing here.
 - The prompts are the same stream (toy language, same seed); TRL's dataloader shuffles them, so each side's
   iteration i sees a different subset of it. Response lengths (and so our packed work) follow each side's own

@@ -254,10 +254,12 @@ class ToySFTConfig:
 
 @dataclass
 class ToyRMConfig:
-    pairs: int = 4000  # preference pairs among SFT-policy samples
+    pairs: int = 4000  # training preference pairs among SFT-policy samples
+    eval_pairs: int = 1000  # held-out pairs for the agreement report (rm_report.json)
+    calibration_samples: int = 1024  # held-out SFT-policy responses whose scores are calibrated to mean 0, std 1
     label_noise: float = 0.5  # temperature of the Bradley-Terry labeller: P(a > b) = sigmoid((g_a - g_b) / noise)
-    epochs: int = 2  # passes over the pairs
-    lr: float = 5e-4  # AdamW learning rate
+    epochs: int = 4  # passes over the pairs
+    lr: float = 2e-3  # peak AdamW learning rate (one-cycle schedule)
     batch_size: int = 64  # pairs per step
 
 
@@ -272,6 +274,9 @@ class TaskConfig:
 
     def __post_init__(self):
         _check(self.rm.label_noise > 0, "task.rm.label_noise", "> 0", self.rm.label_noise)
+        _check(self.rm.eval_pairs >= 1, "task.rm.eval_pairs", ">= 1", self.rm.eval_pairs)
+        _check(self.rm.calibration_samples >= 2, "task.rm.calibration_samples", ">= 2",
+               self.rm.calibration_samples)
         if self.name == TaskKind.jsonl:
             _check(bool(self.prompts_file), "task.prompts_file", "a path to a JSONL file of prompts",
                    self.prompts_file)
@@ -279,11 +284,11 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    name: ModelKind = ModelKind.toy  # toy (tiny Llama built locally) | hf (Hugging Face ids or local paths)
+    name: ModelKind = ModelKind.toy  # toy (tiny decoder built locally) | hf (Hugging Face ids or local paths)
     policy: Optional[str] = None  # hf: SFT policy checkpoint (also the reference and the critic's backbone)
     reward_model: Optional[str] = None  # hf: reward model checkpoint (AutoModelForSequenceClassification)
     dtype: DType = DType.float32  # parameter dtype of all models
-    hidden_size: int = 128  # toy: width of the tiny Llama
+    hidden_size: int = 128  # toy: width of the tiny decoder
     layers: int = 4  # toy: decoder layers
     heads: int = 4  # toy: attention heads
     intermediate_size: int = 256  # toy: MLP width
@@ -416,6 +421,11 @@ def validate(cfg: Config) -> list[str]:
         raise ConfigError("kl_penalty=token needs kl_penalty.coef > 0 (use kl_penalty=off for no penalty)")
     if kl.name == KLPenalty.loss and kl.loss_coef <= 0:
         raise ConfigError("kl_penalty=loss needs kl_penalty.loss_coef > 0 (use kl_penalty=off for no penalty)")
+    if kl.in_loss and kl.estimator == KLEstimator.k1:
+        raise ConfigError(
+            "kl_penalty.estimator=k1 is not allowed with a KL term in the loss: on samples of the policy, "
+            "E[grad k1] = E[grad log pi] = 0, so the term pulls nothing towards the reference; expected k2 or k3 "
+            "(k1 is fine in the reward: kl_penalty=token|adaptive)")
     pc = cfg.policy_clip
     if pc.name == PolicyClip.dual and pc.dual_c <= 1 + pc.eps:
         raise ConfigError(f"policy_clip.dual_c={pc.dual_c} must be > 1 + policy_clip.eps = {1 + pc.eps}")

@@ -25,6 +25,13 @@ class Stream(Generic[T]):
     def take(self, n: int) -> list[T]:
         return [self.draw(self.rng) for _ in range(n)]
 
+    def peek(self, n: int) -> list[T]:
+        """The next `n` items, without advancing the stream."""
+        state = self.rng.getstate()
+        items = self.take(n)
+        self.rng.setstate(state)
+        return items
+
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
         return {"version": version, "internal": list(internal), "gauss": gauss}

@@ -1,4 +1,4 @@
-"""Rollout metrics of DESIGN.md ("Metric names"), as batched tensor ops.
+"""Rollout metrics of docs/architecture.md ("Metric names"), as batched tensor ops.
 
 Shapes: B sequences, R response tokens; `mask` (B, R) is 1.0 up to and including the first EOS.
 `text_mask` additionally excludes the EOS token itself (the words of the response).

@@ -118,19 +118,30 @@ def pack(ids: torch.Tensor, mask: torch.Tensor, pad_id: int = 0, width: int | No
     return Packing(packed_ids, packed_positions, slot, last)
 
 
-def check_packing(model: PreTrainedModel) -> None:
-    """Raise unless `model` keeps packed sequences apart (models whose masks come from transformers' masking
-    utilities do: Llama, Mistral, Qwen, Gemma, GPT-2, ...). Compares a packed and a padded pass on two sequences."""
-    ids = torch.tensor([[0, 3, 4, 5], [6, 7, 8, 9]], device=model.device)
+def check_forward(model: PreTrainedModel) -> None:
+    """Raise unless our packed forward pass gives what the model's own forward gives, on two short sequences
+    (one left-padded): the logits of a causal LM (so any logit post-processing we do not reproduce shows up),
+    the sequence scores of a classification model. It fails for a model whose attention crosses packed
+    sequence boundaries given only position ids (models whose masks come from transformers' masking
+    utilities keep them apart: Llama, Mistral, Qwen, Gemma, GPT-2, ...)."""
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    words = [t for t in range(min(model.config.get_text_config().vocab_size, 16)) if t != pad][:7]
+    ids = torch.tensor([[pad] + words[:3], words[3:7]], device=model.device)
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]], device=model.device)
     with torch.no_grad():
-        padded = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                                  use_cache=False).last_hidden_state
-        packing = pack(ids, mask, width=8)
-        packed = packed_hidden(model, packing)[packing.slot]
-    if not torch.allclose(packed[mask.bool()].float(), padded[mask.bool()].float(), rtol=1e-3, atol=1e-3):
-        raise ValueError(f"{type(model).__name__} does not support packed sequences (attention crosses sequence "
-                         f"boundaries given only position ids); rlhf-lab's forward passes need it")
+        if hasattr(model, "score"):
+            ours = sequence_scores(model, ids, mask)
+            theirs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, 0]
+        else:
+            ours = response_logits(model, ids, mask, 2, temperature=1.0)
+            theirs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                           use_cache=False).logits[:, -3:-1]
+    if not torch.allclose(ours.float(), theirs.float(), rtol=1e-3, atol=1e-3):
+        gap = (ours.float() - theirs.float()).abs().max().item()
+        raise ValueError(
+            f"{type(model).__name__}: rlhf-lab's packed forward pass differs from the model's own forward by "
+            f"{gap:.3g}: either its attention crosses packed sequence boundaries given only position ids, or it "
+            f"post-processes its logits in a way `lm_head_logits` does not reproduce")
 
 
 def packed_hidden(model: PreTrainedModel, packing: Packing) -> torch.Tensor:
@@ -150,7 +161,23 @@ def response_logits(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tenso
     """
     packing = pack(ids, mask)
     states = packed_hidden(model, packing)[packing.slot[:, -n_response - 1:-1]]  # (B, R, H)
-    return model.get_output_embeddings()(states).float() / temperature
+    return lm_head_logits(model, states).float() / temperature
+
+
+def lm_head_logits(model: PreTrainedModel, states: torch.Tensor) -> torch.Tensor:
+    """The LM head on final hidden states (..., H) -> (..., V), with the model family's own logit
+    post-processing, exactly as its forward applies it: Cohere's `logit_scale`, Granite's `logits_scaling`,
+    Gemma-2/3's `final_logit_softcapping`. `check_forward` verifies the result against the model's forward."""
+    config = model.config.get_text_config()
+    logits = model.get_output_embeddings()(states)
+    if getattr(config, "logit_scale", None) is not None:
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None) is not None:
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 def critic_values(critic: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n_response: int) -> torch.Tensor:
@@ -182,6 +209,30 @@ def generation_config(max_new_tokens: int, temperature: float, eos_id: int, pad_
     return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                             max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
                             use_cache=True)
+
+
+def use_only(policy: PreTrainedModel, gen_config: GenerationConfig) -> None:
+    """Make `gen_config` the policy's whole generation config. `generate` fills every field a passed config
+    leaves unset from `policy.generation_config` (a checkpoint's generation_config.json: repetition_penalty,
+    min_p, no_repeat_ngram_size, suppress_tokens, ...), each of which would change the sampling distribution
+    away from the softmax(logits / T) whose log-probs PPO records."""
+    policy.generation_config = GenerationConfig(**gen_config.to_diff_dict())
+
+
+@torch.no_grad()
+def check_sampling(policy: PreTrainedModel, gen_config: GenerationConfig, query_ids: torch.Tensor,
+                   query_mask: torch.Tensor) -> None:
+    """Raise unless generation samples from softmax(logits / T): the scores it draws from (after every logits
+    processor) must equal the raw logits divided by the temperature, at every step of a short rollout."""
+    short = GenerationConfig(**{**gen_config.to_diff_dict(), "max_new_tokens": 4})
+    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=short,
+                          return_dict_in_generate=True, output_logits=True, output_scores=True)
+    raw = torch.stack(out.logits, 1).float() / gen_config.temperature
+    drawn = torch.stack(out.scores, 1).float()
+    if not torch.allclose(drawn, raw, rtol=1e-4, atol=1e-4):
+        raise ValueError("generation does not sample from softmax(logits / temperature): a logits processor "
+                         f"(policy.generation_config: {policy.generation_config.to_diff_dict()}) changes the "
+                         "distribution whose log-probs PPO records")
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The run directory: analysis's only input (DESIGN.md, "Run directory"). Schema version 1.
+"""The run directory: analysis's only input (docs/architecture.md, "Run directory"). Schema version 1.
 
     run.json        rewritten atomically (temp file + rename) at every status change
     metrics.jsonl   one JSON object per PPO iteration, appended, flushed and fsynced

@@ -105,21 +105,25 @@ def run(cfg: Config) -> str:
     threads = torch_threads(cfg, hydra_cfg.launcher)
     if threads:
         torch.set_num_threads(threads)
-    resuming = checkpoint.latest(run_dir.checkpoints) is not None
+    latest = checkpoint.latest(run_dir.checkpoints)
     wandb_before = previous_record(run_dir)  # an earlier attempt's W&B run, continued below
-    if not resuming:
+    if not run_dir.run_json.exists():
         run_dir.write_info(new_run_info(cfg, arm_label(cfg, list(hydra_cfg.overrides.task)),
                                         hydra_cfg.runtime.choices.get("preset")))
+    elif latest is None:  # an earlier attempt died before its first checkpoint: start over, as the same run
+        run_dir.truncate_from(0)
+        run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
+        log.info("no checkpoint in %s: restarting the run from step 0", run_dir.path)
     sink = WandbSink.open(cfg, run_dir, wandb_before)  # never raises; does nothing unless logger=wandb
     step = 0
     with Preemption() as preemption:
         try:
             torch.manual_seed(cfg.seed)
             trainer = build_trainer(cfg)
-            if resuming:
-                step = checkpoint.load(trainer, checkpoint.latest(run_dir.checkpoints))
+            if latest is not None:
+                step = checkpoint.load(trainer, latest)
                 run_dir.truncate_from(step)
-                run_dir.set_status("running", finished_at=None)
+                run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
                 log.info("resuming %s at step %d", run_dir.path, step)
             else:
                 for stats in trainer.pretrain_critic():

@@ -1,4 +1,4 @@
-"""The PPO loop. One iteration reads top to bottom as in DESIGN.md:
+"""The PPO loop. One iteration reads top to bottom as in docs/architecture.md:
 
     prompts -> rollout -> score -> forward passes (policy, reference, critic)
             -> reward shaping -> advantages/returns -> PPO epochs x minibatches -> metrics
@@ -19,8 +19,8 @@ from rlhf_lab import ppo
 from rlhf_lab.config import Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
 from rlhf_lab.metrics import rollout_metrics
-from rlhf_lab.models import (check_packing, critic_values, generate_with_logits, generation_config, lm_loss,
-                             pad_left, response_logits, response_mask, sequence_scores)
+from rlhf_lab.models import (check_forward, check_sampling, critic_values, generate_with_logits, generation_config,
+                             lm_loss, pad_left, response_logits, response_mask, sequence_scores, use_only)
 from rlhf_lab.tricks import Tricks
 
 
@@ -54,9 +54,10 @@ class PPOTrainer:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.policy, self.reference, self.critic, self.reward_model = policy, reference, critic, reward_model
         for frozen in (reference, reward_model):
-            frozen.eval().requires_grad_(False)
+            frozen.requires_grad_(False)
         for model in (policy, reference, critic, reward_model):
-            check_packing(model)
+            model.eval()  # always: dropout would make the PPO ratio != 1 and the KL != 0 on unchanged weights
+            check_forward(model)
         self.prompts, self.sft_examples, self.gold_reward = prompts, sft_examples, gold_reward
         self.tricks = Tricks(cfg)
         # fused AdamW: one kernel over all parameters instead of ~10 small ops per tensor (same update)
@@ -66,6 +67,10 @@ class PPOTrainer:
                                                   weight_decay=cfg.ppo.weight_decay, fused=True)
         self.gen_config = generation_config(cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id,
                                             tokenizer.pad_token_id)
+        use_only(policy, self.gen_config)  # no logits processor from the checkpoint's generation_config.json
+        with torch.random.fork_rng(devices=[]):  # the check's sampling leaves the run's RNG stream untouched
+            check_sampling(policy, self.gen_config, *pad_left(encode(tokenizer, prompts.peek(2)),
+                                                               tokenizer.pad_token_id))
         self.vocab_size = len(tokenizer)
 
     # ================================================================ rollout and scoring
@@ -76,7 +81,6 @@ class PPOTrainer:
         query_ids, query_mask = pad_left(encode(tok, prompts), tok.pad_token_id)
 
         started = time.perf_counter()
-        self.policy.eval()
         tokens, sampling_logits = generate_with_logits(self.policy, query_ids, query_mask, self.gen_config)
         seconds_generate = time.perf_counter() - started
         mask = response_mask(tokens, tok.eos_token_id)
@@ -144,8 +148,6 @@ class PPOTrainer:
         ppo_cfg, tricks = self.cfg.ppo, self.tricks
         n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
         sums: dict[str, float] = {}
-        self.policy.train()
-        self.critic.train()
         for _ in range(ppo_cfg.epochs):
             order = torch.randperm(ppo_cfg.batch_size)
             for start in range(0, ppo_cfg.batch_size, size):

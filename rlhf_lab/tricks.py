@@ -1,7 +1,8 @@
 """The PPO tricks, chosen by their config groups. The trainer asks `Tricks`; it never tests trick names.
 
-Each group maps its option names to one small function (tables below), so a new option is one function
-plus one table entry plus its YAML file.
+Groups with several behaviours map their option names to small functions (the tables SCALINGS,
+NORMALISATIONS, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus one table entry plus
+its YAML file; on/off groups select a coefficient or a bound that is neutral when off (0 or infinity).
 """
 
 from __future__ import annotations

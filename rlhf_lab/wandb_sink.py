@@ -1,5 +1,5 @@
-"""The Weights & Biases sink: mirrors what the run directory records into a W&B run (DESIGN.md, "One PPO
-iteration": metrics -> sinks). The run directory stays the source of truth; this sink only copies.
+"""The Weights & Biases sink: mirrors what the run directory records into a W&B run (docs/architecture.md,
+"One PPO iteration": metrics -> sinks). The run directory stays the source of truth; this sink only copies.
 
 `WandbSink.open(cfg, run_dir, previous)` starts (or continues) the W&B run of a run directory:
 
@@ -7,7 +7,7 @@ iteration": metrics -> sinks). The run directory stays the source of truth; this
   $WANDB_PROJECT / $WANDB_ENTITY (project default "rlhf-lab"); mode: `logger.mode`, else $WANDB_MODE, else
   the mode of the W&B run being continued, else online;
 * group: the W&B group recorded in run.json (a resumed run keeps it), else `logger.group`, else the sweep
-  directory (multirun), else the run id (a single run is its own group);
+  directory as the user named it (multirun; see `sweep_group`), else the run id (a single run is its own group);
 * job_type: the preset; name: "<arm>,seed=<seed>"; tags: `group=option` of every trick that is not off,
   plus `logger.tags`;
 * config: the resolved config (with `arm` filled in by the arm's label), `trick/<group>: <option>` for every
@@ -62,7 +62,8 @@ def previous_record(run_dir: RunDir) -> dict | None:
 
 
 def _hydra_context() -> tuple[str | None, list[str]]:
-    """(the sweep directory when this is a multirun job, else None; the command line's overrides)."""
+    """(the sweep's default group (`sweep_group`) when this is a multirun job, else None; the command line's
+    overrides)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -70,8 +71,23 @@ def _hydra_context() -> tuple[str | None, list[str]]:
         hydra_cfg = HydraConfig.get()
     except (ImportError, ValueError):  # not inside a Hydra app
         return None, []
-    sweep_dir = str(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    return sweep_dir, list(hydra_cfg.overrides.task)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    group = sweep_group(str(hydra_cfg.sweep.dir), hydra_cfg.runtime.cwd) if multirun else None
+    return group, list(hydra_cfg.overrides.task)
+
+
+def sweep_group(sweep_dir: str, cwd: str | None) -> str:
+    """The default W&B group of a sweep: its directory (`hydra.sweep.dir`) as the user named it, the same on a
+    login node and a compute node. A relative directory stays as given; an absolute one under Hydra's original
+    working directory `cwd` (`hydra.runtime.cwd`) becomes relative to it (e.g. multirun/2026-11-22/10-00-00);
+    any other stays absolute."""
+    written = Path(os.path.normpath(sweep_dir))
+    if not written.is_absolute() or not cwd:
+        return sweep_dir
+    for path, root in ((written, Path(cwd)), (written.resolve(), Path(cwd).resolve())):  # then through symlinks
+        if path != root and path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return sweep_dir
 
 
 def _redact(text: str) -> str:
@@ -108,7 +124,7 @@ class WandbSink:
     @classmethod
     def _open(cls, cfg, run_dir: RunDir, previous: dict | None) -> "WandbSink":
         previous = previous if previous is not None else previous_record(run_dir)
-        sweep_dir, overrides = _hydra_context()
+        sweep, overrides = _hydra_context()
         logger_chosen = any(o.lstrip("+~").split("=", 1)[0] == "logger" for o in overrides)
         if cfg.logger.name.value != "wandb" and not (cfg.resume and previous and not logger_chosen):
             return cls()
@@ -121,7 +137,7 @@ class WandbSink:
         import wandb
 
         info = run_dir.read_info()
-        group = (previous.get("group") or cfg.logger.group or sweep_dir or info["run_id"])[-MAX_GROUP_CHARS:]
+        group = (previous.get("group") or cfg.logger.group or sweep or info["run_id"])[-MAX_GROUP_CHARS:]
         settings = {"console": "off"}  # the console log is in the run directory (Hydra's <job>.log)
         if cfg.logger.init_timeout:
             settings["init_timeout"] = float(cfg.logger.init_timeout)

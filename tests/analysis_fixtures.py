@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-# The contract's metric names (DESIGN.md) that synthetic_trace does not model: filled with random walks.
+# The contract's metric names (docs/architecture.md) that synthetic_trace does not model: filled with random walks.
 OTHER_METRICS = (
     "reward/shaped_mean", "ppl/ref", "length/response_max", "length/eos_missing_frac",
     "diversity/distinct_1", "diversity/distinct_2", "ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac",

@@ -80,7 +80,8 @@ def test_out_of_range_values_name_the_key(override, key):
 def test_contradictions_are_errors():
     with pytest.raises(ConfigError, match="allow_reward_and_loss"):
         to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1"))
-    both = to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1", "kl_penalty.allow_reward_and_loss=true"))
+    both = to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1", "kl_penalty.allow_reward_and_loss=true",
+                               "kl_penalty.estimator=k3"))
     assert both.kl_penalty.in_reward and both.kl_penalty.in_loss
     with pytest.raises(ConfigError, match="dual_c"):
         to_config(composed("policy_clip=dual", "policy_clip.dual_c=1.1"))

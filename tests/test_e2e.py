@@ -15,7 +15,7 @@ TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task
         "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",
         "ppo.batch_size=16", "ppo.max_new_tokens=12", "critic_pretrain.steps=2", "ptx_loss.batch_size=4",
         "run.samples_every=2", "run.checkpoint_every=2", "run.progress=false"]
-DESIGN_METRICS = """reward/proxy_mean reward/gold_mean reward/shaped_mean kl/ref_k1 kl/ref_k2 kl/ref_k3 ppl/policy
+CONTRACT_METRICS = """reward/proxy_mean reward/gold_mean reward/shaped_mean kl/ref_k1 kl/ref_k2 kl/ref_k3 ppl/policy
 ppl/ref length/response_mean length/response_max length/eos_missing_frac diversity/distinct_1 diversity/distinct_2
 diversity/repeat_ngram_frac entropy/policy_mean ppo/policy_loss ppo/value_loss ppo/clipfrac ppo/approx_kl
 ppo/value_clipfrac ppo/explained_var ppo/grad_norm_policy ppo/grad_norm_critic ppo/entropy_bonus ppo/ptx_loss
@@ -56,7 +56,7 @@ def test_run_directory_contract(finished_run):
     rows = read_jsonl(finished_run / "metrics.jsonl")
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
     for row in rows:
-        missing = set(DESIGN_METRICS) - set(row)
+        missing = set(CONTRACT_METRICS) - set(row)
         assert not missing, missing
         assert all(isinstance(v, (int, float)) for v in row.values())
     samples = read_jsonl(finished_run / "samples.jsonl")

@@ -1,4 +1,5 @@
-"""The speed-ups of issue 7 change no result beyond float rounding.
+"""The performance work (packed forward passes, rollout log-probs from the generation logits, fused AdamW)
+changes no result beyond float rounding.
 
 Two kinds of check:
 
@@ -34,7 +35,7 @@ from conftest import make_config  # noqa: E402
 
 from rlhf_lab import ppo  # noqa: E402
 from rlhf_lab.data import Stream  # noqa: E402
-from rlhf_lab.models import (check_packing, critic_values, load_policy, load_reward_model,  # noqa: E402
+from rlhf_lab.models import (check_forward, critic_values, load_policy, load_reward_model,  # noqa: E402
                              load_tokenizer, make_critic, pack, position_ids, response_logits, sequence_scores)
 from rlhf_lab.toy.language import ToyLanguage  # noqa: E402
 from rlhf_lab.toy.stages import build_tokenizer  # noqa: E402
@@ -207,14 +208,14 @@ def test_rollout_logprobs_match_a_full_forward(rollout):
     assert (batch.logprobs[~on] == 0).all() and (batch.values[~on] == 0).all()
 
 
-def test_check_packing_rejects_a_model_that_attends_across_sequences(rollout, monkeypatch):
+def test_check_forward_rejects_a_model_that_attends_across_sequences(rollout, monkeypatch):
     from transformers import masking_utils
 
     trainer, _ = rollout
-    check_packing(trainer.policy)  # transformers' Llama keeps packed sequences apart
+    check_forward(trainer.policy)  # transformers' Llama keeps packed sequences apart
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    with pytest.raises(ValueError, match="packed sequences"):
-        check_packing(trainer.policy)
+    with pytest.raises(ValueError, match="packed sequence boundaries"):
+        check_forward(trainer.policy)
 
 
 def test_fused_logprobs_and_entropy():
@@ -240,7 +241,7 @@ if __name__ == "__main__" and "--record" in sys.argv:
     pprint.pprint(recorded, width=118, sort_dicts=True)
 
 
-# ---------------------------------------------------------------- recorded at git 18b9983 (before issue 7)
+# ---------------------------------------------------------------- recorded at git 18b9983 (before the performance work)
 GOLDEN = {'entropy_kl_loss': [{'adv/mean': 0.10698114335536957,
                       'adv/std': 1.1239423751831055,
                       'diversity/distinct_1': 0.9054054054054054,

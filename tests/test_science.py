@@ -1,6 +1,12 @@
-"""The testbed tells the paper's story at reduced scale (one seed, 100 iterations, default toy artefacts):
-vanilla PPO collapses, PPO-max does not, and rlhf-report says so. The full table (3 seeds, 150 iterations)
-is in the README; benchmarks/science_table.py prints it."""
+"""The testbed tells the paper's story on every machine, at reduced scale: on three testbed instances
+(`task.language_seed` 0, 1, 2: each its own language, SFT policy and calibrated reward model, built from
+scratch in CI) with one PPO seed and 100 iterations, vanilla PPO collapses and PPO-max does not, and
+rlhf-report says so.
+
+Every claim is a relative effect within one instance, or a difference in units of the reward model's calibrated
+scale (the SFT policy's responses score mean 0, sd 1 on every instance and machine), never a threshold on one
+machine's raw numbers. The full table (3 instances x 2 seeds, 150 iterations) is in the README;
+benchmarks/science_table.py prints it."""
 
 import subprocess
 import sys
@@ -11,43 +17,55 @@ import pytest
 from analysis import load_runs, wide_traces
 
 pytestmark = pytest.mark.slow
+INSTANCES = (0, 1, 2)
+ITERATIONS = 100
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("science")
-    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "-m", "sweep=presets", "seed=0", "iterations=100",
+    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "-m", "sweep=presets", "seed=0",
+                          f"task.language_seed={','.join(map(str, INSTANCES))}", f"iterations={ITERATIONS}",
                           "run.progress=false", f"hydra.sweep.dir={sweep_dir}"],
-                         capture_output=True, text=True, timeout=1800)
+                         capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir
 
 
-def per_arm(sweep_dir) -> dict[str, pd.DataFrame]:
-    runs, traces = load_runs([sweep_dir])
-    wide = wide_traces(traces).reset_index()
-    return {arm: wide[wide["run_id"] == run_id].sort_values("step")
-            for run_id, arm in zip(runs["run_id"], runs["arm"])}
+@pytest.fixture(scope="module")
+def finals(sweep) -> pd.DataFrame:
+    """One row per (instance, arm): initial (iteration 0) and final (mean of the last 10) metrics, peak gold."""
+    runs, traces = load_runs([sweep])
+    wide = wide_traces(traces).reset_index().sort_values(["run_id", "step"])
+    rows = []
+    for run_id, frame in wide.groupby("run_id"):
+        run = runs.set_index("run_id").loc[run_id]
+        rows.append({"instance": run["config.task.language_seed"], "arm": run["arm"],
+                     **{f"final {m}": frame[m].tail(10).mean() for m in METRICS},
+                     **{f"initial {m}": frame[m].head(5).mean() for m in METRICS},
+                     "peak gold": frame["reward/gold_mean"].rolling(5, center=True).mean().max()})
+    table = pd.DataFrame(rows).set_index(["instance", "arm"]).sort_index()
+    assert sorted(table.index.get_level_values(0).unique()) == list(INSTANCES)
+    return table
 
 
-def final(frame: pd.DataFrame, metric: str) -> float:
-    return frame[metric].tail(10).mean()
+METRICS = ("reward/proxy_mean", "reward/gold_mean", "kl/ref_k1", "ppl/policy")
 
 
-def test_vanilla_collapses_and_ppo_max_does_not(sweep):
-    arms = per_arm(sweep)
-    vanilla, ppo_max = arms["vanilla"], arms["ppo_max"]
-    sft_gold = pd.concat([vanilla, ppo_max]).query("step == 0")["reward/gold_mean"].mean()
-    # vanilla: proxy up, gold down from its peak, KL far from the reference, perplexity down
-    assert final(vanilla, "reward/proxy_mean") > vanilla["reward/proxy_mean"].head(5).mean() + 1.0
-    peak = vanilla["reward/gold_mean"].rolling(5, center=True).mean().max()
-    assert final(vanilla, "reward/gold_mean") < peak - 0.5
-    assert final(vanilla, "ppl/policy") < 0.6 * vanilla["ppl/policy"].head(5).mean()
-    # ppo_max: KL bounded, gold ends above the SFT policy's
-    assert final(vanilla, "kl/ref_k1") > 4 * final(ppo_max, "kl/ref_k1")
-    assert final(ppo_max, "kl/ref_k1") < 6
-    assert final(ppo_max, "reward/gold_mean") > sft_gold + 0.2
-    assert final(ppo_max, "reward/gold_mean") > final(vanilla, "reward/gold_mean") + 0.5
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_vanilla_collapses_and_ppo_max_does_not(finals, instance):
+    vanilla, ppo_max = finals.loc[(instance, "vanilla")], finals.loc[(instance, "ppo_max")]
+    # the reward model's calibrated scale: the SFT policy scores mean 0, sd 1 (a fresh rollout: noise ~0.1)
+    assert abs(vanilla["initial reward/proxy_mean"]) < 0.5 and abs(ppo_max["initial reward/proxy_mean"]) < 0.5
+    # vanilla exploits the proxy: it climbs by more than one SFT-score sd, more than ppo_max's climb ...
+    vanilla_gain = vanilla["final reward/proxy_mean"] - vanilla["initial reward/proxy_mean"]
+    assert vanilla_gain > 1.0
+    # ... while gold falls from its peak, KL to the reference ends at least twice ppo_max's, perplexity drops
+    assert vanilla["final reward/gold_mean"] < vanilla["peak gold"] - 0.25
+    assert vanilla["final kl/ref_k1"] > 2 * ppo_max["final kl/ref_k1"]
+    assert vanilla["final ppl/policy"] < ppo_max["final ppl/policy"]
+    # ppo_max ends with the better gold reward
+    assert ppo_max["final reward/gold_mean"] > vanilla["final reward/gold_mean"]
 
 
 def test_report_flags_vanilla_and_not_ppo_max(sweep, tmp_path):
@@ -55,6 +73,7 @@ def test_report_flags_vanilla_and_not_ppo_max(sweep, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("arm")
+    assert summary.loc["vanilla", "n_runs"] == summary.loc["ppo_max", "n_runs"] == len(INSTANCES)
     assert summary.loc["vanilla", "collapse_frac"] == 1.0
     assert summary.loc["ppo_max", "collapse_frac"] == 0.0
-    assert summary.loc["vanilla", "final_kl_mean"] > summary.loc["ppo_max", "final_kl_mean"]
+    assert summary.loc["vanilla", "final_kl_mean"] > 2 * summary.loc["ppo_max", "final_kl_mean"]

@@ -136,6 +136,28 @@ def test_sigusr2_checkpoints_then_resume_matches_an_uninterrupted_run(tmp_path, 
     resume_and_compare(run_dir, tmp_path, straight_run)
 
 
+@pytest.mark.parametrize("moment, n, checkpoint_every", [
+    ("after_row", 2, 100),  # before the first checkpoint: the resume starts the run over in its directory
+    ("after_row", 6, 4),  # between iterations, two rows past the checkpoint at step 4
+    ("checkpoint_write", 3, 4),  # inside the second checkpoint's write (policy written, critic not)
+])
+def test_kill_9_at_any_moment_then_resume_matches_an_uninterrupted_run(moment, n, checkpoint_every, tmp_path,
+                                                                          cache, straight_run):
+    run_dir = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_at.py"), moment, str(n),
+                           *PREEMPTABLE, f"run.checkpoint_every={checkpoint_every}", f"cache_dir={cache}",
+                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    before = json.loads((run_dir / "run.json").read_text())
+    assert before["status"] == "running"
+    resume_and_compare(run_dir, tmp_path, straight_run)
+    after = json.loads((run_dir / "run.json").read_text())
+    assert (after["run_id"], after["arm"], after["started_at"]) == (before["run_id"], before["arm"],
+                                                                    before["started_at"])
+    samples = read_jsonl(run_dir / "samples.jsonl")
+    assert sorted({s["step"] for s in samples}) == [0, 10, 11] and len(samples) == 3 * 8
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, cache, straight_run):
     run_dir = tmp_path / "killed"
     proc = start_and_interrupt(run_dir, cache, signal.SIGKILL, 5, "run.checkpoint_every=2")

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_config
 from rlhf_lab import ppo
-from rlhf_lab.config import KLEstimator
+from rlhf_lab.config import ConfigError, KLEstimator
 from rlhf_lab.data import Stream, sft_batch
 from rlhf_lab.models import lm_loss, load_policy, load_reward_model, load_tokenizer, make_critic
 from rlhf_lab.toy.language import ToyLanguage
@@ -70,12 +70,34 @@ def test_kl_penalty_loss_and_off_keep_the_reward_clean():
     assert Tricks(make_config("kl_penalty=token")).kl_loss(logp, ref, mask).item() == 0.0
 
 
+@pytest.mark.parametrize("overrides", [("kl_penalty=loss", "kl_penalty.estimator=k1"),
+                                       ("kl_penalty=token", "kl_penalty.estimator=k1", "kl_penalty.loss_coef=0.1",
+                                        "kl_penalty.allow_reward_and_loss=true")])
+def test_k1_as_a_loss_is_an_error_saying_why(overrides):
+    with pytest.raises(ConfigError, match="E\\[grad k1\\] = E\\[grad log pi\\] = 0"):
+        make_config(*overrides)
+
+
+def test_k1_loss_has_zero_expected_gradient_and_k3_does_not():
+    """Why the config refuses k1 as a loss: sampled from the policy itself, the mean gradient of k1 = log pi -
+    log ref is E[grad log pi] = grad sum(pi) = 0 (computed exactly over a 5-token vocabulary), that of k3 is not."""
+    logits = torch.randn(5, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(5), 0)
+    for estimator, zero in ((KLEstimator.k1, True), (KLEstimator.k3, False)):
+        logp = torch.log_softmax(logits, 0)
+        expected = (logp.exp().detach() * ppo.kl_estimate(logp, ref, estimator)).sum()  # E_{x ~ pi_old}[k(x)]
+        grad, = torch.autograd.grad(expected, logits)
+        assert (grad.abs().max().item() < 1e-6) == zero
+
+
 def test_adaptive_kl_coefficient_moves_towards_the_target():
     tricks = Tricks(make_config("kl_penalty=adaptive", "kl_penalty.coef=0.1", "kl_penalty.target=1.0",
                                 "kl_penalty.horizon=100"))
     tricks.kl_ctl.update(kl=5.0, n_samples=10)
     assert tricks.kl_ctl.coef == pytest.approx(0.1 * 1.02)
-    assert Tricks(make_config("kl_penalty=token")).kl_ctl.update(5.0, 10) is None
+    fixed = Tricks(make_config("kl_penalty=token", "kl_penalty.coef=0.1"))
+    fixed.kl_ctl.update(kl=5.0, n_samples=10)  # kl_penalty=token: the coefficient never moves
+    assert fixed.kl_ctl.coef == 0.1
 
 
 def test_advantage_normalisation_and_clipping():

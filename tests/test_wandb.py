@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -17,7 +18,9 @@ from analysis.cli import main as report_main
 from analysis.load import _natural_key
 from analysis.wandb_runs import read_attempt, wandb_cli
 from rlhf_lab.rundir import RunDir, read_jsonl
-from rlhf_lab.wandb_sink import WandbSink, trick_tags
+from rlhf_lab import wandb_sink
+from rlhf_lab.config import Config, LoggerKind
+from rlhf_lab.wandb_sink import WandbSink, sweep_group, trick_tags
 
 TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task.rm.epochs=1",
         "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",
@@ -25,6 +28,7 @@ TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task
         "run.samples_every=2", "run.checkpoint_every=2", "run.progress=false",
         "run.threads=1"]  # one torch thread: a 2-core machine under load does not slow these tiny runs down 10x
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # a well-formed but unknown API key
+GROUP = "multirun"  # the sweep's W&B group: its directory relative to the working directory the sweep ran in
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +46,9 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def rlhf_train(env: dict, *args: str) -> subprocess.CompletedProcess:
+def rlhf_train(env: dict, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=600, env=env, cwd=cwd)
 
 
 def inspect(path, *flags: str):
@@ -63,11 +67,13 @@ def offline_dirs(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cache, wandb_env):
-    """sweep=smoke (arms vanilla and ppo_max), one seed, 3 iterations, logger=wandb in offline mode."""
-    sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
+    """sweep=smoke (arms vanilla and ppo_max), one seed, 3 iterations, logger=wandb in offline mode; the sweep
+    directory is given as an absolute path under the working directory."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    sweep_dir = cwd / GROUP
     out = rlhf_train(wandb_env, "-m", "sweep=smoke", *TINY, "hydra.sweeper.params.seed=0", "iterations=3",
                      "logger=wandb", f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}",
-                     "hydra.sweep.subdir=${arm}-seed${seed}")
+                     "hydra.sweep.subdir=${arm}-seed${seed}", cwd=cwd)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     run_dirs = sorted((p.parent for p in sweep_dir.glob("*/run.json")), key=lambda p: _natural_key(p.name))
     assert [p.name for p in run_dirs] == ["ppo_max-seed0", "vanilla-seed0"]
@@ -80,14 +86,14 @@ def test_sweep_writes_offline_runs_grouped_by_sweep_with_trick_keys(sweep):
     for run_dir in run_dirs:
         info = json.loads((run_dir / "run.json").read_text())
         record = info["wandb"]
-        assert record["group"] == str(sweep_dir) and record["mode"] == "offline" and record["url"] is None
+        assert record["group"] == GROUP and record["mode"] == "offline" and record["url"] is None
         (offline,) = offline_dirs(run_dir)
         assert offline.name.endswith(record["id"]) and record["dir"] == str(offline)
         ids.add(record["id"])
 
         records = inspect(offline)
         (run,) = [r["run"] for r in records if r["type"] == "run"]
-        assert run["run_id"] == record["id"] and run["run_group"] == str(sweep_dir)
+        assert run["run_id"] == record["id"] and run["run_group"] == GROUP
         assert run["job_type"] == info["preset"] == info["arm"]  # smoke's arms are the presets
         assert run["display_name"] == f"{info['arm']},seed=0" and run["project"] == "rlhf-lab"
         assert sorted(run["tags"]) == sorted(trick_tags(info["tricks"]))
@@ -159,7 +165,7 @@ def test_loader_reads_offline_runs_like_run_dirs(sweep, resumed):
     runs, traces = load_runs(offline)
     pd.testing.assert_frame_equal(traces, local_traces)
     pd.testing.assert_frame_equal(run_stability(runs, traces), run_stability(local_runs, local_traces))
-    assert list(runs["wandb_group"]) == [str(sweep_dir)] * 2 and list(runs["n_steps"]) == [3, 5]
+    assert list(runs["wandb_group"]) == [GROUP] * 2 and list(runs["n_steps"]) == [3, 5]
     # the same run rows, W&B ids aside (the config columns: W&B holds the config as resumed, see the README)
     same = [c for c in local_runs.columns if c != "run_dir" and not c.startswith("config.")]
     pd.testing.assert_frame_equal(runs[same], local_runs[same], check_like=True)
@@ -204,7 +210,7 @@ class FakeApiRun:
 def test_report_from_the_wandb_api(sweep, resumed, local_summary, tmp_path, monkeypatch):
     import wandb
 
-    sweep_dir, run_dirs = sweep
+    _, run_dirs = sweep
     fake_runs = [FakeApiRun([read_attempt(d) for d in offline_dirs(run_dir)]) for run_dir in run_dirs]
     asked = []
 
@@ -218,11 +224,60 @@ def test_report_from_the_wandb_api(sweep, resumed, local_summary, tmp_path, monk
 
     monkeypatch.setattr(wandb, "Api", FakeApi)
     out = tmp_path / "api"
-    assert report_main(["--wandb", "ent/proj", "--group", str(sweep_dir), "-o", str(out), "--no-progress"]) == 0
-    assert asked == [("ent/proj", {"group": str(sweep_dir)}, "+created_at")]
+    assert report_main(["--wandb", "ent/proj", "--group", GROUP, "-o", str(out), "--no-progress"]) == 0
+    assert asked == [("ent/proj", {"group": GROUP}, "+created_at")]
     assert (out / "summary.csv").read_text() == local_summary
     runs = pd.read_csv(out / "runs.csv")
     assert runs["wandb_url"].str.startswith("https://wandb.ai/ent/proj/runs/").all()
+
+
+def test_sweep_group_is_the_sweep_directory_as_named(tmp_path):
+    cwd = tmp_path / "proj"
+    (cwd / "multirun").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(cwd)
+    assert sweep_group("multirun/2026-11-22/10-00-00", str(cwd)) == "multirun/2026-11-22/10-00-00"  # as given
+    assert sweep_group(f"{cwd}/multirun/2026-11-22/10-00-00", str(cwd)) == "multirun/2026-11-22/10-00-00"
+    assert sweep_group(f"{tmp_path}/link/multirun/s1", str(cwd)) == "multirun/s1"  # under cwd through a symlink
+    assert sweep_group("/scratch/sweeps/s1", str(cwd)) == "/scratch/sweeps/s1"  # elsewhere: absolute
+    assert sweep_group(str(cwd), str(cwd)) == str(cwd)
+
+
+class FakeWandbRun:
+    """What wandb.init returns, as far as WandbSink.open uses it."""
+    id, project, entity, url = "w1", "rlhf-lab", None, None
+
+    def __init__(self, run_dir):
+        self.dir = str(run_dir / "wandb" / "offline-run-w1" / "files")
+        self.config = SimpleNamespace(update=lambda *args, **kwargs: None)
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+
+@pytest.mark.parametrize("previous,logger_group,sweep,expected", [
+    (None, None, None, "r1"),  # a single run is its own group
+    (None, None, "multirun/s1", "multirun/s1"),  # a sweep's job: the sweep directory as named
+    (None, "mine", "multirun/s1", "mine"),  # logger.group wins
+    ({"id": "w0", "group": "old"}, "mine", "multirun/s1", "old"),  # a resumed run keeps the group of run.json
+])
+def test_group_precedence(previous, logger_group, sweep, expected, tmp_path, monkeypatch):
+    import wandb
+
+    run_dir = RunDir(tmp_path)
+    run_dir.write_info({"run_id": "r1", "arm": "a", "seed": 0})
+    asked = {}
+
+    def init(**kwargs):
+        asked.update(kwargs)
+        return FakeWandbRun(tmp_path)
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.setattr(wandb_sink, "_hydra_context", lambda: (sweep, []))
+    cfg = Config()
+    cfg.logger.name, cfg.logger.mode, cfg.logger.group = LoggerKind.wandb, "offline", logger_group
+    sink = WandbSink.open(cfg, run_dir, previous)
+    assert sink.active and asked["group"] == expected
+    assert run_dir.read_info()["wandb"]["group"] == expected
 
 
 def test_no_network_or_bad_key_is_one_warning_and_training_goes_on(tmp_path, cache, wandb_env):
