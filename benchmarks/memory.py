@@ -6,7 +6,7 @@
 Cases (the PPO settings are those of benchmarks/vs_trl.py: 32 response tokens, 2 epochs x 2 minibatches,
 token KL penalty, value clipping, critic = a copy of the reward model, policy + reference + critic + reward model
 all float32 on the CPU):
-- toy:  the toy task's SFT policy and reward model (~0.7M parameters each), batch 64 (its benchmark batch);
+- toy:  the toy task's SFT policy and reward model (~0.6M parameters each), batch 64 (its benchmark batch);
 - 125m: a randomly initialised Llama config (hidden 768, 12 layers, 12 heads, MLP 3456, the toy vocabulary):
         ~124M parameters per model, nothing downloaded; batch 16. Random weights rarely emit EOS, so nearly
         every response is 32 tokens long: the worst case for activations.
