@@ -1,7 +1,7 @@
 """Resumable checkpoints: weights as safetensors, everything else loaded with `weights_only=True`.
 
 checkpoints/step-<N>/ holds policy.safetensors, critic.safetensors and state.pt (optimisers, RNG states,
-running statistics, KL coefficient, data-stream states, the next step). checkpoints/latest names the newest
+running statistics, KL coefficient, data-stream states, the CPU and CUDA RNG states, the next step). checkpoints/latest names the newest
 complete one; it is switched by an atomic rename after the folder is fully written, then older ones go.
 """
 
@@ -45,6 +45,7 @@ def save(trainer: PPOTrainer, checkpoints: Path, next_step: int) -> Path:
         "prompts": trainer.prompts.state_dict(),
         "sft_examples": trainer.sft_examples.state_dict() if trainer.sft_examples else None,
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -69,4 +70,6 @@ def load(trainer: PPOTrainer, folder: Path) -> int:
     if trainer.sft_examples:
         trainer.sft_examples.load_state_dict(state["sft_examples"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():  # a GPU run continues its own random stream
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     return state["next_step"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          GenerationConfig, PreTrainedModel)
+                          PreTrainedModel)
 
 from rlhf_lab import ppo
 from rlhf_lab.config import CriticInit
@@ -203,60 +203,7 @@ def lm_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, loss_
     return -ppo.masked_mean(logp, loss_mask[:, 1:].float())
 
 
-# ---------------------------------------------------------------- generation
-def generation_config(max_new_tokens: int, temperature: float, eos_id: int, pad_id: int) -> GenerationConfig:
-    """Pure ancestral sampling at `temperature` (no top-k / top-p), KV cache on."""
-    return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                            max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                            use_cache=True)
-
-
-def use_only(policy: PreTrainedModel, gen_config: GenerationConfig) -> None:
-    """Make `gen_config` the policy's whole generation config. `generate` fills every field a passed config
-    leaves unset from `policy.generation_config` (a checkpoint's generation_config.json: repetition_penalty,
-    min_p, no_repeat_ngram_size, suppress_tokens, ...), each of which would change the sampling distribution
-    away from the softmax(logits / T) whose log-probs PPO records."""
-    policy.generation_config = GenerationConfig(**gen_config.to_diff_dict())
-
-
-@torch.no_grad()
-def check_sampling(policy: PreTrainedModel, gen_config: GenerationConfig, query_ids: torch.Tensor,
-                   query_mask: torch.Tensor) -> None:
-    """Raise unless generation samples from softmax(logits / T): the scores it draws from (after every logits
-    processor) must equal the raw logits divided by the temperature, at every step of a short rollout."""
-    short = GenerationConfig(**{**gen_config.to_diff_dict(), "max_new_tokens": 4})
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=short,
-                          return_dict_in_generate=True, output_logits=True, output_scores=True)
-    raw = torch.stack(out.logits, 1).float() / gen_config.temperature
-    drawn = torch.stack(out.scores, 1).float()
-    if not torch.allclose(drawn, raw, rtol=1e-4, atol=1e-4):
-        raise ValueError("generation does not sample from softmax(logits / temperature): a logits processor "
-                         f"(policy.generation_config: {policy.generation_config.to_diff_dict()}) changes the "
-                         "distribution whose log-probs PPO records")
-
-
-@torch.no_grad()
-def generate(policy: PreTrainedModel, query_ids: torch.Tensor, query_mask: torch.Tensor,
-             gen_config: GenerationConfig) -> torch.Tensor:
-    """Sample responses for left-padded prompts (B, P). -> response ids (B, R), pad after the first EOS."""
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config)
-    return out[:, query_ids.shape[1]:]
-
-
-@torch.no_grad()
-def generate_with_logits(policy: PreTrainedModel, query_ids: torch.Tensor, query_mask: torch.Tensor,
-                         gen_config: GenerationConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """`generate`, also returning the logits each sampling step drew from, before any logits processor.
-
-    -> response ids (B, R), raw logits (B, R, V). `generation_config` adds no processor but the temperature, so
-    softmax(logits / temperature) is the distribution each token was sampled from: the rollout's log-probs need
-    no second forward pass of the policy.
-    """
-    out = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=gen_config,
-                          return_dict_in_generate=True, output_logits=True)
-    return out.sequences[:, query_ids.shape[1]:], torch.stack(out.logits, dim=1)
-
-
+# ---------------------------------------------------------------- batches
 def response_mask(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1.0 on response tokens up to and including the first EOS, 0.0 after it. (B, R) -> (B, R)."""
     is_eos = (response_ids == eos_id).int()

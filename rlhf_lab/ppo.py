@@ -50,10 +50,15 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
+def entropy_from_logp(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy of a distribution given as log-probs over its last dimension. (..., V) -> (...)."""
+    return -(logp.exp() * logp).sum(-1)
+
+
 def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`logprobs_from_logits` and `entropy_from_logits` from one log-softmax. (B, R, V), (B, R) -> (B, R), (B, R)."""
     logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy_from_logp(logp)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:

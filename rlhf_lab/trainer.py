@@ -19,8 +19,9 @@ from rlhf_lab import ppo
 from rlhf_lab.config import Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
 from rlhf_lab.metrics import rollout_metrics
-from rlhf_lab.models import (check_forward, check_sampling, critic_values, generate_with_logits, generation_config,
-                             lm_loss, pad_left, response_logits, response_mask, sequence_scores, use_only)
+from rlhf_lab.models import (check_forward, critic_values, lm_loss, pad_left, response_logits, response_mask,
+                             sequence_scores)
+from rlhf_lab.rollout import HFGenerate, RolloutEngine, generation_config
 from rlhf_lab.tricks import Tricks
 
 
@@ -65,12 +66,10 @@ class PPOTrainer:
                                                   weight_decay=cfg.ppo.weight_decay, fused=True)
         self.critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo.critic_lr,
                                                   weight_decay=cfg.ppo.weight_decay, fused=True)
-        self.gen_config = generation_config(cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id,
-                                            tokenizer.pad_token_id)
-        use_only(policy, self.gen_config)  # no logits processor from the checkpoint's generation_config.json
+        self.engine: RolloutEngine = HFGenerate(policy, generation_config(
+            cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id))
         with torch.random.fork_rng(devices=[]):  # the check's sampling leaves the run's RNG stream untouched
-            check_sampling(policy, self.gen_config, *pad_left(encode(tokenizer, prompts.peek(2)),
-                                                               tokenizer.pad_token_id))
+            self.engine.check(*pad_left(encode(tokenizer, prompts.peek(2)), tokenizer.pad_token_id))
         self.vocab_size = len(tokenizer)
 
     # ================================================================ rollout and scoring
@@ -80,16 +79,13 @@ class PPOTrainer:
         prompts = self.prompts.take(ppo_cfg.batch_size)
         query_ids, query_mask = pad_left(encode(tok, prompts), tok.pad_token_id)
 
-        started = time.perf_counter()
-        tokens, sampling_logits = generate_with_logits(self.policy, query_ids, query_mask, self.gen_config)
-        seconds_generate = time.perf_counter() - started
+        generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (B, R)
+        tokens = generated.tokens
         mask = response_mask(tokens, tok.eos_token_id)
         ids = torch.cat([query_ids, tokens], dim=1)
         attention = torch.cat([query_mask, mask.long()], dim=1)
         n = tokens.shape[1]
 
-        # the policy's log-probs come from the logits generation sampled from: no second policy forward pass
-        logprobs, entropy = ppo.logprobs_and_entropy(sampling_logits.float() / ppo_cfg.temperature, tokens)
         with torch.inference_mode():  # scoring passes (packed, see models.pack); results are copied out below
             scores = sequence_scores(self.reward_model, ids, attention)
             ref_logprobs = ppo.logprobs_from_logits(
@@ -102,8 +98,10 @@ class PPOTrainer:
         if self.gold_reward is not None:
             finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1).tolist()
             gold = torch.tensor(self.gold_reward(prompts, responses, finished))
-        return Rollout(prompts, responses, ids, attention, tokens, mask, logprobs * mask, ref_logprobs * mask,
-                       entropy * mask, values * mask, scores.clone(), gold, seconds_generate)
+        # the policy's log-probs are those generation sampled from: no second policy forward pass
+        return Rollout(prompts, responses, ids, attention, tokens, mask, generated.logprobs * mask,
+                       ref_logprobs * mask, generated.entropy * mask, values * mask, scores.clone(), gold,
+                       generated.seconds)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:

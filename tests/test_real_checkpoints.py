@@ -17,8 +17,8 @@ from transformers import (AutoModelForSequenceClassification, CohereConfig, Cohe
 from conftest import make_config
 from rlhf_lab import ppo
 from rlhf_lab.data import encode
-from rlhf_lab.models import (check_forward, check_sampling, generation_config, pad_left, response_logits,
-                             use_only)
+from rlhf_lab.models import check_forward, pad_left, response_logits
+from rlhf_lab.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.toy.stages import build_tokenizer
 from rlhf_lab.train import build_trainer
@@ -144,8 +144,9 @@ def test_a_checkpoint_generation_config_is_neutralised_and_checked(checkpoints, 
     assert policy.generation_config.repetition_penalty == 1.5
     gen = generation_config(6, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id)
     query = pad_left(encode(tokenizer, ["the dote is great . review :", "a dote ."]), tokenizer.pad_token_id)
-    with pytest.raises(ValueError, match="logits processor"):
-        check_sampling(policy, gen, *query)  # the checkpoint's repetition penalty would change the sampling
-    use_only(policy, gen)
-    check_sampling(policy, gen, *query)
+    engine = HFGenerate(policy, gen)  # neutralises the checkpoint's generation config
     assert policy.generation_config.repetition_penalty in (None, 1.0)
+    engine.check(*query)
+    policy.generation_config.repetition_penalty = 1.5  # as if it were not neutralised
+    with pytest.raises(ValueError, match="logits processor"):
+        engine.check(*query)

@@ -27,8 +27,8 @@ from transformers import (AutoModelForSequenceClassification, PreTrainedTokenize
 from rlhf_lab.artifacts import cached_build, code_fingerprint
 from rlhf_lab.config import Config
 from rlhf_lab.data import encode, sft_batch
-from rlhf_lab.models import (generate, generation_config, lm_loss, load_policy, pad_left,
-                             response_mask, sequence_scores)
+from rlhf_lab.models import lm_loss, load_policy, pad_left, response_mask, sequence_scores
+from rlhf_lab.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.gold import GoldReward
 from rlhf_lab.toy.language import ToyLanguage
 
@@ -107,11 +107,11 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage) -> None:
 def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
                      batch_size: int = 256) -> tuple[list[str], list[bool], list[list[int]]]:
     """Sample one response per prompt. -> texts, finished (EOS seen), token ids (with the EOS if any)."""
-    gen = generation_config(max_new_tokens, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = HFGenerate(model, generation_config(max_new_tokens, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id))
     texts, finished, token_ids = [], [], []
     for start in range(0, len(prompts), batch_size):
         ids, mask = pad_left(encode(tokenizer, prompts[start:start + batch_size]), tokenizer.pad_token_id)
-        response = generate(model, ids, mask, gen)
+        response = engine.sample(ids, mask).tokens
         keep = response_mask(response, tokenizer.eos_token_id).bool()
         for row, row_keep in zip(response, keep):
             tokens = row[row_keep].tolist()
