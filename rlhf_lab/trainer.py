@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from rlhf_lab import ppo
 from rlhf_lab.config import Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
-from rlhf_lab.metrics import rollout_metrics
+from rlhf_lab.metrics import fetch, rollout_metrics
 from rlhf_lab.models import (check_forward, critic_values, lm_loss, pad_left, response_logits, response_mask,
                              sequence_scores)
 from rlhf_lab.rollout import HFGenerate, RolloutEngine, generation_config
@@ -27,6 +27,10 @@ from rlhf_lab.tricks import Tricks
 
 class Diverged(RuntimeError):
     """A loss or a logit became non-finite."""
+
+
+# training statistics that must stay finite (a non-finite loss makes its gradient norm non-finite too)
+FINITE_STATS = ("ppo/loss", "ppo/value_loss", "ppo/grad_norm_policy", "ppo/grad_norm_critic")
 
 
 @dataclass
@@ -119,33 +123,37 @@ class PPOTrainer:
         train_stats = self.train(batch, advantages, returns)
         train_seconds = time.perf_counter() - train_started
 
-        kl_per_sequence = kl.sum(1).mean().item()
-        self.tricks.kl_ctl.update(kl_per_sequence, len(batch.prompts))  # [kl_penalty=adaptive]
-
-        metrics = rollout_metrics(tokens=batch.tokens, mask=batch.mask, eos_id=self.tokenizer.eos_token_id,
-                                  vocab_size=self.vocab_size, logp=batch.logprobs, ref_logp=batch.ref_logprobs,
-                                  entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
-                                  gold=batch.gold)
-        metrics.update(train_stats)
+        metrics = fetch({  # every metric of the iteration, in one device-to-host copy
+            **rollout_metrics(tokens=batch.tokens, mask=batch.mask, eos_id=self.tokenizer.eos_token_id,
+                              vocab_size=self.vocab_size, logp=batch.logprobs, ref_logp=batch.ref_logprobs,
+                              entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
+                              gold=batch.gold),
+            **train_stats,
+            "adv/mean": ppo.masked_mean(advantages, batch.mask),
+            "adv/std": ppo.masked_var(advantages, batch.mask).sqrt(),
+            "return/mean": ppo.masked_mean(returns, batch.mask),
+            "value/mean": ppo.masked_mean(batch.values, batch.mask),
+            "kl_ctl/kl": kl.sum(1).mean(),  # the per-sequence KL of the in-reward penalty's estimator
+        })
+        self._check_finite(metrics)
+        self.tricks.kl_ctl.update(metrics["kl_ctl/kl"], len(batch.prompts))  # [kl_penalty=adaptive]
         metrics.update({
-            "adv/mean": ppo.masked_mean(advantages, batch.mask).item(),
-            "adv/std": ppo.masked_var(advantages, batch.mask).sqrt().item(),
-            "return/mean": ppo.masked_mean(returns, batch.mask).item(),
-            "value/mean": ppo.masked_mean(batch.values, batch.mask).item(),
             "kl_ctl/coef": self.tricks.kl_ctl.coef,
             "perf/rollout_seconds": rollout_seconds,
             "perf/train_seconds": train_seconds,
             "perf/iter_seconds": time.perf_counter() - started,
-            "perf/gen_tokens_per_second": batch.mask.sum().item() / max(batch.seconds_generate, 1e-9),
+            "perf/gen_tokens_per_second": metrics["length/response_tokens"] / max(batch.seconds_generate, 1e-9),
         })
         return metrics, batch
 
     # ================================================================ PPO epochs x minibatches
     def train(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
-              update_policy: bool = True) -> dict[str, float]:
+              update_policy: bool = True) -> dict[str, torch.Tensor]:
+        """PPO epochs x minibatches. Returns the mean of each training statistic, as 0-d tensors (no host sync
+        inside the loop; the caller checks them for non-finite values once, see `_check_finite`)."""
         ppo_cfg, tricks = self.cfg.ppo, self.tricks
         n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         for _ in range(ppo_cfg.epochs):
             order = torch.randperm(ppo_cfg.batch_size)
             for start in range(0, ppo_cfg.batch_size, size):
@@ -158,19 +166,18 @@ class PPOTrainer:
                 # ---- critic: value loss [value_clip], [grad_clip]
                 values = critic_values(self.critic, ids, attention, n)
                 value_loss, value_clipfrac = tricks.value_loss(values, batch.values[mb], returns[mb], mask)
-                self._check_finite(value_loss, "value loss")
-                stats["ppo/value_loss"] = value_loss.item()
-                stats["ppo/value_clipfrac"] = value_clipfrac.item()
+                stats["ppo/value_loss"] = value_loss.detach()
+                stats["ppo/value_clipfrac"] = value_clipfrac
                 stats["ppo/grad_norm_critic"] = self._optimise(self.critic, self.critic_optimizer, value_loss)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
         steps = ppo_cfg.epochs * ppo_cfg.minibatches
         means = {key: value / steps for key, value in sums.items()}
-        means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask).item()
+        means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask)
         return means
 
     def policy_update(self, ids, attention, tokens, mask, old_logprobs, ref_logprobs, advantages,
-                      n: int) -> dict[str, float]:
+                      n: int) -> dict[str, torch.Tensor]:
         """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss."""
         tricks = self.tricks
         logits = response_logits(self.policy, ids, attention, n, self.cfg.ppo.temperature)
@@ -181,39 +188,41 @@ class PPOTrainer:
         logprobs = logprobs * mask  # 0 after EOS, as the rollout's: the ratio there is exactly 1
         policy_loss, clipfrac = tricks.policy_loss(logprobs, old_logprobs, advantages, mask)  # [policy_clip]
         loss = policy_loss
-        entropy_bonus = torch.zeros(())
+        entropy_bonus = torch.zeros((), device=logprobs.device)
         if tricks.entropy_coef:  # [entropy_bonus]
             entropy_bonus = tricks.entropy_coef * ppo.masked_mean(entropy, mask)
             loss = loss - entropy_bonus
         loss = loss + tricks.kl_loss(logprobs, ref_logprobs, mask)  # [kl_penalty=loss]
-        ptx_loss = torch.zeros(())
+        ptx_loss = torch.zeros((), device=logprobs.device)
         if tricks.ptx_coef:  # [ptx_loss]
             sft_ids, sft_mask, sft_loss_mask = sft_batch(self.tokenizer,
                                                          self.sft_examples.take(self.cfg.ptx_loss.batch_size))
             ptx_loss = lm_loss(self.policy, sft_ids, sft_mask, sft_loss_mask)
             loss = loss + tricks.ptx_coef * ptx_loss
-        self._check_finite(loss, "policy loss")
         with torch.no_grad():
             approx_kl = ppo.masked_mean(ppo.kl_estimate(old_logprobs, logprobs, KLEstimator.k3), mask)
-        return {"ppo/policy_loss": policy_loss.item(), "ppo/clipfrac": clipfrac.item(),
-                "ppo/approx_kl": approx_kl.item(), "ppo/entropy_bonus": entropy_bonus.item(),
-                "ppo/ptx_loss": ptx_loss.item(),
+        return {"ppo/policy_loss": policy_loss.detach(), "ppo/clipfrac": clipfrac, "ppo/approx_kl": approx_kl,
+                "ppo/entropy_bonus": entropy_bonus.detach(), "ppo/ptx_loss": ptx_loss.detach(),
+                "ppo/loss": loss.detach(),
                 "ppo/grad_norm_policy": self._optimise(self.policy, self.policy_optimizer, loss)}
 
-    def _optimise(self, model: PreTrainedModel, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-        """Backward, [grad_clip] (the norm before clipping is returned), step."""
+    def _optimise(self, model: PreTrainedModel, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+        """Backward, [grad_clip] (the norm before clipping is returned, as a 0-d tensor), step."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.tricks.max_grad_norm).item()
-        if not math.isfinite(grad_norm):
-            raise Diverged(f"non-finite gradient norm ({grad_norm})")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.tricks.max_grad_norm)
         optimizer.step()
-        return grad_norm
+        return grad_norm.detach()
 
     @staticmethod
-    def _check_finite(loss: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(loss):
-            raise Diverged(f"non-finite {what} ({loss.item()})")
+    def _check_finite(stats: dict[str, float]) -> None:
+        """Raise Diverged if a loss or a gradient norm of these PPO epochs is not finite. Checked once per
+        iteration, after the updates: the weights may then be non-finite, which is why a checkpoint is never
+        written from them (checkpoint.save refuses) and the run stops with its last good checkpoint kept."""
+        bad = {key: value for key, value in stats.items()
+               if key in FINITE_STATS and not math.isfinite(value)}
+        if bad:
+            raise Diverged("non-finite " + ", ".join(f"{key} ({value})" for key, value in bad.items()))
 
     # ================================================================ critic pre-training
     def pretrain_critic(self) -> list[dict[str, float]]:
@@ -231,7 +240,8 @@ class PPOTrainer:
             shaped = self.tricks.shape_scores(batch.scores)
             rewards, _ = self.tricks.token_rewards(shaped, batch.logprobs, batch.ref_logprobs, batch.mask)
             advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)
-            stats = self.train(batch, advantages, returns, update_policy=False)
+            stats = fetch(self.train(batch, advantages, returns, update_policy=False))
+            self._check_finite(stats)
             history.append(stats)
             if pre.name == CriticPretrain.converge and stats["ppo/explained_var"] >= pre.target_explained_var:
                 break

@@ -38,7 +38,8 @@ def test_distinct_n_matches_naive(batch):
     text_mask = mask * (tokens != EOS)
     for n in (1, 2):
         grams = [g for s in seqs for g in naive_ngrams(s, n)]
-        assert metrics.distinct_n(tokens, text_mask, n, 20) == pytest.approx(len(set(grams)) / len(grams))
+        assert metrics.distinct_n(tokens, text_mask, n, 20).item() == pytest.approx(len(set(grams)) / len(grams))
+    assert metrics.distinct_n(tokens, torch.zeros_like(text_mask), 2, 20).item() == 0.0  # no n-gram at all
 
 
 def test_repeat_ngram_fraction_matches_naive(batch):
@@ -51,7 +52,7 @@ def test_repeat_ngram_fraction_matches_naive(batch):
         fractions.append(repeated / len(grams) if grams else 0.0)
     # hand check of the first: 5 6 7 5 6 7 5 -> (567)(675)(756)(567)(675): 2 of 5 repeat
     assert fractions[0] == pytest.approx(2 / 5)
-    assert metrics.repeat_ngram_frac(tokens, text_mask, 3, 20) == pytest.approx(sum(fractions) / 3)
+    assert metrics.repeat_ngram_frac(tokens, text_mask, 3, 20).item() == pytest.approx(sum(fractions) / 3)
 
 
 def test_perplexity_counts_response_tokens_only():
@@ -66,11 +67,12 @@ def test_rollout_metrics(batch):
     tokens, mask = batch
     torch.manual_seed(0)
     logp, ref = -torch.rand(3, 10), -torch.rand(3, 10)
-    out = metrics.rollout_metrics(tokens=tokens, mask=mask, eos_id=EOS, vocab_size=20, logp=logp, ref_logp=ref,
-                                  entropy=torch.ones(3, 10), scores=torch.tensor([1.0, 2.0, 3.0]),
-                                  shaped_scores=torch.zeros(3), gold=torch.tensor([0.5, 0.5, -1.0]))
+    out = metrics.fetch(metrics.rollout_metrics(
+        tokens=tokens, mask=mask, eos_id=EOS, vocab_size=20, logp=logp, ref_logp=ref, entropy=torch.ones(3, 10),
+        scores=torch.tensor([1.0, 2.0, 3.0]), shaped_scores=torch.zeros(3), gold=torch.tensor([0.5, 0.5, -1.0])))
+    assert all(isinstance(value, float) for value in out.values())
     assert out["length/response_mean"] == pytest.approx((8 + 5 + 10) / 3)
-    assert out["length/response_max"] == 10
+    assert out["length/response_max"] == 10 and out["length/response_tokens"] == 8 + 5 + 10
     assert out["length/eos_missing_frac"] == pytest.approx(1 / 3)
     assert out["reward/proxy_mean"] == pytest.approx(2.0)
     assert out["reward/gold_mean"] == pytest.approx(0.0)

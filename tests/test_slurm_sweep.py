@@ -15,6 +15,19 @@ pytestmark = pytest.mark.slurm
 ITERATIONS = 40
 
 
+def preempt_job(job_dir) -> None:
+    """`scancel --signal=USR2` one array task, once. For an array task slurmctld answers "Job can not be altered
+    now, try again later" while it signals it, and scancel then keeps retrying for about half a minute: a retry
+    that reaches the requeued job kills it (state FAILED). So stop scancel once the job has caught the signal."""
+    preempt = subprocess.Popen(["scancel", "--signal=USR2", job_dir.name])
+    deadline = time.time() + 60
+    while not any("Caught signal SIGUSR2" in log.read_text() for log in job_dir.glob("*_log.*")):
+        assert time.time() < deadline and preempt.poll() in (None, 0), "the job never caught SIGUSR2"
+        time.sleep(0.1)
+    preempt.kill()
+    preempt.wait()
+
+
 def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):
     sweep_dir, cache = tmp_path / "sweep", tmp_path / "cache"
     sweep = subprocess.Popen(
@@ -27,7 +40,7 @@ def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):
         assert time.time() < deadline and sweep.poll() is None, "the first job never got going"
         time.sleep(0.1)
     job_id = next((sweep_dir / ".submitit").glob("*_0")).name
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    preempt_job(sweep_dir / ".submitit" / job_id)
 
     output, _ = sweep.communicate(timeout=900)
     assert sweep.returncode == 0, output[-4000:]
