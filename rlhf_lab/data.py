@@ -11,6 +11,7 @@ import torch
 
 from rlhf_lab.config import Config, TaskKind
 from rlhf_lab.models import pad_left
+from rlhf_lab.preflight import PROMPT_FIELDS, SFT_FIELDS, check_jsonl
 from rlhf_lab.toy.language import ToyLanguage
 
 T = TypeVar("T")
@@ -40,26 +41,18 @@ class Stream(Generic[T]):
         self.rng.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
 
 
-def read_jsonl_field(path: str | Path, *fields: str) -> list:
-    """Values of `fields` from every line of a JSONL file, with a clear error naming a bad line."""
-    items = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            items.append(tuple(row[f] for f in fields) if len(fields) > 1 else row[fields[0]])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}:{number}: expected a JSON object with keys {list(fields)} ({err})") from err
-    if not items:
-        raise ValueError(f"{path}: no rows")
-    return items
+def read_jsonl_field(key: str, path: str | Path, *fields: str) -> list:
+    """Values of `fields` from every line of the JSONL file `path` (config key `key`). The file is checked by
+    `preflight.check_jsonl` first, so a bad file is a ConfigError naming the key and the line."""
+    check_jsonl(key, str(path), fields)
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [tuple(row[f] for f in fields) if len(fields) > 1 else row[fields[0]] for row in rows]
 
 
 def prompt_stream(cfg: Config, language: ToyLanguage | None) -> Stream[str]:
     if cfg.task.name == TaskKind.toy:
         return Stream(language.sample_prompt, cfg.seed)
-    prompts = read_jsonl_field(cfg.task.prompts_file, "prompt")
+    prompts = read_jsonl_field("task.prompts_file", cfg.task.prompts_file, *PROMPT_FIELDS)
     return Stream(lambda rng: rng.choice(prompts), cfg.seed)
 
 
@@ -70,7 +63,7 @@ def sft_stream(cfg: Config, language: ToyLanguage | None) -> Stream[tuple[str, s
             prompt = language.sample_prompt(rng)
             return prompt, language.sample_response(rng, prompt)
         return Stream(draw, cfg.seed + 1)
-    pairs = read_jsonl_field(cfg.task.sft_file, "prompt", "response")
+    pairs = read_jsonl_field("task.sft_file", cfg.task.sft_file, *SFT_FIELDS)
     return Stream(lambda rng: rng.choice(pairs), cfg.seed + 1)
 
 

@@ -116,7 +116,7 @@ def check_checkpoint(key: str, value: str) -> None:
 
 def check_jsonl(key: str, path: str, fields: tuple[str, ...]) -> None:
     """`path` is a readable JSONL file with at least one row; every non-blank line is a JSON object whose
-    `fields` are strings. Lines are split as rlhf_lab.data reads them; the error names the first bad line."""
+    `fields` are strings; the error names the first bad line. rlhf_lab.data reads the files after this check."""
     expected = f"a JSONL file, one JSON object with string {' and '.join(map(repr, fields))} per line"
     try:
         lines = Path(path).read_text().splitlines()

@@ -115,8 +115,8 @@ class PPOTrainer:
         rollout_seconds = time.perf_counter() - started
 
         shaped_scores = self.tricks.shape_scores(batch.scores)  # [reward_scaling, reward_norm, reward_clip]
-        rewards, kl = self.tricks.token_rewards(shaped_scores, batch.logprobs, batch.ref_logprobs,
-                                                batch.mask)  # [kl_penalty=token|adaptive]
+        rewards, _ = self.tricks.token_rewards(shaped_scores, batch.logprobs, batch.ref_logprobs,
+                                               batch.mask)  # [kl_penalty=token|adaptive]
         advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)  # GAE [adv_norm, adv_clip]
 
         train_started = time.perf_counter()
@@ -133,10 +133,10 @@ class PPOTrainer:
             "adv/std": ppo.masked_var(advantages, batch.mask).sqrt(),
             "return/mean": ppo.masked_mean(returns, batch.mask),
             "value/mean": ppo.masked_mean(batch.values, batch.mask),
-            "kl_ctl/kl": kl.sum(1).mean(),  # the per-sequence KL of the in-reward penalty's estimator
         })
         self._check_finite(metrics)
-        self.tricks.kl_ctl.update(metrics["kl_ctl/kl"], len(batch.prompts))  # [kl_penalty=adaptive]
+        # [kl_penalty=adaptive] the controller reads the per-sequence KL of the penalty's own estimator
+        self.tricks.kl_ctl.update(metrics[f"kl/ref_{self.tricks.kl_estimator.value}"], len(batch.prompts))
         metrics.update({
             "kl_ctl/coef": self.tricks.kl_ctl.coef,
             "perf/rollout_seconds": rollout_seconds,
