@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 
 from rlhf_lab.config import register_schema, to_config
 from rlhf_lab.paths import conf_dir
-from rlhf_lab.train import build_trainer
+from rlhf_lab.build import build_trainer
 
 
 def main() -> None:

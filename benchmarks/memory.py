@@ -43,8 +43,8 @@ def build(case: str, batch: int):
     from rlhf_lab.data import prompt_stream
     from rlhf_lab.models import load_tokenizer, quiet_transformers
     from rlhf_lab.toy import stages
-    from rlhf_lab.train import build_trainer
-    from rlhf_lab.trainer import PPOTrainer
+    from rlhf_lab.build import assemble, build_trainer
+    from rlhf_lab.runtime import Runtime
 
     quiet_transformers()
     cfg = compose_config(OURS + [f"ppo.batch_size={batch}"])
@@ -59,9 +59,9 @@ def build(case: str, batch: int):
                          bos_token_id=None, tie_word_embeddings=True, num_labels=1)
     policy = LlamaForCausalLM(config)
     reward_model = LlamaForSequenceClassification(config)
-    return PPOTrainer(cfg, policy=policy, reference=copy.deepcopy(policy), critic=copy.deepcopy(reward_model),
-                      reward_model=reward_model, tokenizer=tokenizer, prompts=prompt_stream(cfg, artefacts.language),
-                      sft_examples=None)
+    return assemble(cfg, Runtime.create(cfg.device, cfg.precision), policy=policy, reference=copy.deepcopy(policy),
+                    critic=copy.deepcopy(reward_model), reward_model=reward_model, tokenizer=tokenizer,
+                    prompts=prompt_stream(cfg, artefacts.language))
 
 
 def measure(case: str, batch: int, iterations: int) -> None:

@@ -1,8 +1,10 @@
-"""Resumable checkpoints: weights as safetensors, everything else loaded with `weights_only=True`.
+"""Resumable checkpoints: trained weights as safetensors, everything else loaded with `weights_only=True`.
 
-checkpoints/step-<N>/ holds policy.safetensors, critic.safetensors and state.pt (optimisers, RNG states,
-running statistics, KL coefficient, data-stream states, the CPU and CUDA RNG states, the next step). checkpoints/latest names the newest
-complete one; it is switched by an atomic rename after the folder is fully written, then older ones go.
+checkpoints/step-<N>/ holds policy.safetensors and critic.safetensors (the trainable parameters only: every
+weight in full fine-tuning, the adapters (and the critic's head) with LoRA; frozen weights come from where the
+run loaded them), and state.pt (optimisers, running statistics, KL coefficient, data-stream states, the CPU
+and CUDA RNG states, the next step). checkpoints/latest names the newest complete one; it is switched by an
+atomic rename after the folder is fully written, then older ones go.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 from rlhf_lab.trainer import Diverged, PPOTrainer
 
@@ -25,18 +28,41 @@ def latest(checkpoints: Path) -> Path | None:
     return folder if (folder / "state.pt").exists() else None
 
 
+def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that train, by name (a tied weight once)."""
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def save_trainable(module: nn.Module, path: Path) -> None:
+    save_file({name: p.detach().cpu().contiguous() for name, p in trainable(module).items()}, str(path))
+
+
+def load_trainable(module: nn.Module, path: Path) -> None:
+    """Copy saved trainable parameters in place. Raises ValueError when the names differ (the checkpoint was
+    written by a run with other trainable parameters, for example with LoRA switched the other way)."""
+    saved, params = load_file(str(path)), trainable(module)
+    if saved.keys() != params.keys():
+        missing, extra = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
+        raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
+
+
 def save(trainer: PPOTrainer, checkpoints: Path, next_step: int) -> Path:
     """Write a checkpoint to continue at `next_step`. Refuses (Diverged) to save non-finite weights, so the
     latest checkpoint is always a good one."""
-    for model in (trainer.policy, trainer.critic):
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise Diverged(f"non-finite weights in the {'policy' if model is trainer.policy else 'critic'}")
+    policy, critic = trainer.runtime.unwrap(trainer.policy), trainer.runtime.unwrap(trainer.critic)
+    for model in (policy, critic):
+        if not all(torch.isfinite(p).all() for p in trainable(model).values()):
+            raise Diverged(f"non-finite weights in the {'policy' if model is policy else 'critic'}")
     folder = checkpoints / f"step-{next_step:06d}"
     tmp = checkpoints / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(trainer.policy, str(tmp / "policy.safetensors"))
-    save_model(trainer.critic, str(tmp / "critic.safetensors"))
+    save_trainable(policy, tmp / "policy.safetensors")
+    save_trainable(critic, tmp / "critic.safetensors")
     torch.save({
         "next_step": next_step,
         "policy_optimizer": trainer.policy_optimizer.state_dict(),
@@ -44,8 +70,7 @@ def save(trainer: PPOTrainer, checkpoints: Path, next_step: int) -> Path:
         "tricks": trainer.tricks.state_dict(),
         "prompts": trainer.prompts.state_dict(),
         "sft_examples": trainer.sft_examples.state_dict() if trainer.sft_examples else None,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng": trainer.runtime.rng_state(),
     }, tmp / "state.pt")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -60,8 +85,8 @@ def save(trainer: PPOTrainer, checkpoints: Path, next_step: int) -> Path:
 
 def load(trainer: PPOTrainer, folder: Path) -> int:
     """Restore a trainer from a checkpoint folder. Returns the step to continue from."""
-    load_model(trainer.policy, str(folder / "policy.safetensors"))
-    load_model(trainer.critic, str(folder / "critic.safetensors"))
+    load_trainable(trainer.runtime.unwrap(trainer.policy), folder / "policy.safetensors")
+    load_trainable(trainer.runtime.unwrap(trainer.critic), folder / "critic.safetensors")
     state = torch.load(folder / "state.pt", weights_only=True)
     trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
     trainer.critic_optimizer.load_state_dict(state["critic_optimizer"])
@@ -69,7 +94,5 @@ def load(trainer: PPOTrainer, folder: Path) -> int:
     trainer.prompts.load_state_dict(state["prompts"])
     if trainer.sft_examples:
         trainer.sft_examples.load_state_dict(state["sft_examples"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():  # a GPU run continues its own random stream
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    trainer.runtime.set_rng_state(state["rng"])
     return state["next_step"]

@@ -99,10 +99,22 @@ class LoggerKind(str, enum.Enum):
     wandb = "wandb"
 
 
-class DType(str, enum.Enum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class RolloutCache(str, enum.Enum):
+    auto = "auto"
+    dynamic = "dynamic"
+    static = "static"
 
 
 # ---------------------------------------------------------------- trick nodes
@@ -287,7 +299,8 @@ class ModelConfig:
     name: ModelKind = ModelKind.toy  # toy (tiny decoder built locally) | hf (Hugging Face ids or local paths)
     policy: Optional[str] = None  # hf: SFT policy checkpoint (also the reference and the critic's backbone)
     reward_model: Optional[str] = None  # hf: reward model checkpoint (AutoModelForSequenceClassification)
-    dtype: DType = DType.float32  # parameter dtype of all models
+    gradient_checkpointing: bool = False  # recompute the policy's and critic's layers in backward (less memory)
+    offload_frozen: bool = False  # cuda: keep the reference and reward model on the CPU between their uses
     hidden_size: int = 128  # toy: width of the tiny decoder
     layers: int = 4  # toy: decoder layers
     heads: int = 4  # toy: attention heads
@@ -331,6 +344,26 @@ class PPOConfig:
 
 
 @dataclass
+class RolloutConfig:
+    cache: RolloutCache = RolloutCache.auto  # KV cache of generate: auto (static on cuda, dynamic on cpu) | dynamic | static
+
+
+@dataclass
+class LoraConfig:
+    name: OnOff = OnOff.off  # off | on: train low-rank adapters (peft); the reference is the policy without them
+    rank: int = 8  # rank r of each adapter
+    alpha: float = 16.0  # scaling numerator: the update is (alpha / r) * B A
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # module names; all-linear: every linear but the head
+    critic: bool = False  # adapters on the critic too (its score head then trains in full)
+
+    def __post_init__(self):
+        _check(self.rank >= 1, "lora.rank", ">= 1", self.rank)
+        _check(self.alpha > 0, "lora.alpha", "> 0", self.alpha)
+        _check(bool(self.target_modules), "lora.target_modules", "a non-empty list of module names",
+               self.target_modules)
+
+
+@dataclass
 class LoggerConfig:
     name: LoggerKind = LoggerKind.local  # local (run directory only) | wandb (run directory + Weights & Biases)
     project: Optional[str] = None  # wandb: project (default: $WANDB_PROJECT or "rlhf-lab")
@@ -368,9 +401,13 @@ class Config:
     resume: Optional[str] = None  # a run directory to continue
     arm: Optional[str] = None  # human label of the ablation arm (default: derived from the overrides)
     cache_dir: Optional[str] = None  # where sft/rm artefacts are cached (default: $RLHF_LAB_CACHE or ~/.cache/rlhf-lab)
+    device: Device = Device.auto  # auto (cuda when present) | cpu | cuda
+    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16 (fp16: cuda only); see rlhf_lab/runtime.py
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     reward_scaling: RewardScalingConfig = field(default_factory=RewardScalingConfig)
@@ -389,6 +426,8 @@ class Config:
 
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", ">= 1", self.iterations)
+        _check(not (self.device == Device.cpu and self.precision == Precision.fp16), "precision",
+               "fp32 or bf16 with device=cpu (fp16 autocast needs cuda)", self.precision.value)
 
     def tricks(self) -> dict[str, str]:
         """The chosen option of every trick group, e.g. {"kl_penalty": "token", ...}."""

@@ -10,7 +10,7 @@ from typing import Callable, Generic, TypeVar
 import torch
 
 from rlhf_lab.config import Config, TaskKind
-from rlhf_lab.models import pad_left
+from rlhf_lab.packing import pad_left
 from rlhf_lab.preflight import PROMPT_FIELDS, SFT_FIELDS, check_jsonl
 from rlhf_lab.toy.language import ToyLanguage
 
@@ -71,8 +71,10 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def sft_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt + response + EOS, left-padded. -> ids, attention mask, loss mask (response and EOS), each (B, T)."""
+def sft_batch(tokenizer, examples: list[tuple[str, str]],
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt + response + EOS, left-padded, built on the host and copied to `device` once.
+    -> ids, attention mask, loss mask (response and EOS), each (B, T)."""
     prompts = encode(tokenizer, [p for p, _ in examples])
     responses = encode(tokenizer, [r for _, r in examples])
     seqs = [p + r + [tokenizer.eos_token_id] for p, r in zip(prompts, responses)]
@@ -81,4 +83,4 @@ def sft_batch(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor,
     for i, p in enumerate(prompts):  # prompt tokens are context, not targets
         start = ids.shape[1] - len(seqs[i])
         loss_mask[i, start:start + len(p)] = 0
-    return ids, mask, loss_mask
+    return ids.to(device), mask.to(device), loss_mask.to(device)

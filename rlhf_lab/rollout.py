@@ -5,14 +5,15 @@ log-prob and the entropy of the distribution it was drawn from, each (B, R). Nev
 128k vocabulary and 1,024 response tokens the logits of a 64-prompt batch would take ~34 GB in fp32. The
 trainer only calls `sample`, so another engine (vLLM, SGLang) can be added without touching the loop.
 
-`HFGenerate` is transformers' `generate` with the KV cache. It samples from softmax(logits / T) only: the
+`HFGenerate` is transformers' `generate` with the KV cache: dynamic (grown step by step), or static
+(preallocated for the whole response; on CUDA transformers then compiles the decoding step, ~3x faster
+decoding for a 1B model). It samples from softmax(logits / T) only: the
 checkpoint's generation_config.json cannot add a logits processor (`use_only`), and `check` asserts at
 start-up that the scores `generate` draws from are exactly the logits over T.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +21,7 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from rlhf_lab import ppo
+from rlhf_lab.config import RolloutCache
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,6 @@ class Generated:
     tokens: torch.Tensor  # (B, R) response ids; pad after the first EOS
     logprobs: torch.Tensor  # (B, R) log-prob of each sampled token under softmax(logits / T)
     entropy: torch.Tensor  # (B, R) entropy of that distribution
-    seconds: float  # wall time of the sampling
 
 
 class RolloutEngine(Protocol):
@@ -37,11 +38,19 @@ class RolloutEngine(Protocol):
         """Sample one response per left-padded prompt (B, P)."""
 
 
-def generation_config(max_new_tokens: int, temperature: float, eos_id: int, pad_id: int) -> GenerationConfig:
-    """Pure ancestral sampling at `temperature` (no top-k / top-p), KV cache on."""
+def kv_cache(cache: RolloutCache, device: torch.device) -> str:
+    """`rollout.cache` -> "static" or "dynamic" (auto: static on CUDA, where it is compiled; dynamic elsewhere)."""
+    if cache == RolloutCache.auto:
+        return "static" if device.type == "cuda" else "dynamic"
+    return cache.value
+
+
+def generation_config(max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
+                      cache: str = "dynamic") -> GenerationConfig:
+    """Pure ancestral sampling at `temperature` (no top-k / top-p), with a KV cache ("dynamic" | "static")."""
     return GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                             max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id,
-                            use_cache=True)
+                            use_cache=True, cache_implementation="static" if cache == "static" else None)
 
 
 def use_only(policy: PreTrainedModel, gen_config: GenerationConfig) -> None:
@@ -93,13 +102,12 @@ class HFGenerate:
 
     @torch.no_grad()
     def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> Generated:
-        started = time.perf_counter()
         recorder = StepLogprobs(self.gen_config.temperature)
         out = self.policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=self.gen_config,
                                    logits_processor=LogitsProcessorList([recorder]))
         tokens = out[:, query_ids.shape[1]:]
         logprobs, entropy = recorder.result(tokens)
-        return Generated(tokens, logprobs, entropy, time.perf_counter() - started)
+        return Generated(tokens, logprobs, entropy)
 
     @torch.no_grad()
     def check(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""One run: stages (sft -> rm, toy task only), models, the PPO loop, the run directory.
+"""One run: its run directory, the trainer (rlhf_lab.build), the PPO loop, checkpoints and signals.
 
 `run(cfg)` is what `rlhf-train` calls after validating the config; it returns the final status.
 """
@@ -16,10 +16,8 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from rlhf_lab import checkpoint
-from rlhf_lab.config import Config, OnOff, TaskKind
-from rlhf_lab.data import prompt_stream, sft_stream
-from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic, quiet_transformers
-from rlhf_lab.paths import cache_dir
+from rlhf_lab.build import build_trainer
+from rlhf_lab.config import Config
 from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
 from rlhf_lab.trainer import Diverged, PPOTrainer
 from rlhf_lab.wandb_sink import WandbSink, previous_record  # wandb itself is imported lazily
@@ -37,35 +35,6 @@ def arm_label(cfg: Config, overrides: list[str]) -> str:
     parts = [o.lstrip("+~") for o in overrides
              if not o.lstrip("+~").startswith(NON_ARM_KEYS) and not o.startswith("hydra")]
     return ",".join(parts) or "default"
-
-
-def build_trainer(cfg: Config) -> PPOTrainer:
-    """Stages, then the four models, tokenizer and data streams the PPO loop needs."""
-    quiet_transformers()
-    dtype = getattr(torch, cfg.model.dtype.value)
-    language = gold = None
-    if cfg.task.name == TaskKind.toy:
-        from rlhf_lab.toy import stages
-        from rlhf_lab.toy.gold import GoldReward
-
-        artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))
-        policy_path, rm_path, language = artefacts.sft_dir, artefacts.rm_dir, artefacts.language
-        gold = GoldReward(language)
-    else:
-        policy_path, rm_path = cfg.model.policy, cfg.model.reward_model
-    tokenizer = load_tokenizer(policy_path)
-    torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
-    return PPOTrainer(
-        cfg,
-        policy=load_policy(policy_path, dtype),
-        reference=load_policy(policy_path, dtype),
-        critic=make_critic(cfg.critic_init.name, policy_path, rm_path, tokenizer.pad_token_id, dtype),
-        reward_model=load_reward_model(rm_path, dtype),
-        tokenizer=tokenizer,
-        prompts=prompt_stream(cfg, language),
-        sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
-        gold_reward=gold,
-    )
 
 
 def new_run_info(cfg: Config, arm: str, preset: str | None) -> dict:

@@ -3,25 +3,27 @@
     prompts -> rollout -> score -> forward passes (policy, reference, critic)
             -> reward shaping -> advantages/returns -> PPO epochs x minibatches -> metrics
 
-Every trick is asked of `Tricks` (rlhf_lab.tricks) at the place it applies, marked [group].
+Every trick is asked of `Tricks` (rlhf_lab.tricks) at the place it applies, marked [group]. Where the work runs
+(device, precision, offloading, clocks) is asked of `Runtime` (rlhf_lab.runtime); the models arrive as role
+modules (rlhf_lab.roles) and with their optimisers, built by rlhf_lab.build.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
+from torch import nn
 
 from rlhf_lab import ppo
 from rlhf_lab.config import Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
 from rlhf_lab.metrics import fetch, rollout_metrics
-from rlhf_lab.models import (check_forward, critic_values, lm_loss, pad_left, response_logits, response_mask,
-                             sequence_scores)
-from rlhf_lab.rollout import HFGenerate, RolloutEngine, generation_config
+from rlhf_lab.packing import pack, pad_left, response_mask
+from rlhf_lab.roles import lm_loss
+from rlhf_lab.rollout import RolloutEngine
+from rlhf_lab.runtime import Runtime
 from rlhf_lab.tricks import Tricks
 
 
@@ -53,75 +55,77 @@ class Rollout:
 
 
 class PPOTrainer:
-    def __init__(self, cfg: Config, *, policy: PreTrainedModel, reference: PreTrainedModel, critic: PreTrainedModel,
-                 reward_model: PreTrainedModel, tokenizer, prompts: Stream, sft_examples: Stream | None,
-                 gold_reward=None):
-        self.cfg, self.tokenizer = cfg, tokenizer
+    """The PPO loop over four role modules: `policy` (Policy) and `critic` (Critic) train with their optimisers;
+    `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardModel) are frozen."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, *, policy: nn.Module, reference: nn.Module, critic: nn.Module,
+                 reward_model: nn.Module, policy_optimizer: torch.optim.Optimizer,
+                 critic_optimizer: torch.optim.Optimizer, engine: RolloutEngine, tokenizer, prompts: Stream,
+                 sft_examples: Stream | None, gold_reward=None):
+        self.cfg, self.runtime, self.tokenizer = cfg, runtime, tokenizer
         self.policy, self.reference, self.critic, self.reward_model = policy, reference, critic, reward_model
-        for frozen in (reference, reward_model):
-            frozen.requires_grad_(False)
-        for model in (policy, reference, critic, reward_model):
-            model.eval()  # always: dropout would make the PPO ratio != 1 and the KL != 0 on unchanged weights
-            check_forward(model)
+        self.policy_optimizer, self.critic_optimizer = policy_optimizer, critic_optimizer
+        self.engine = engine
         self.prompts, self.sft_examples, self.gold_reward = prompts, sft_examples, gold_reward
         self.tricks = Tricks(cfg)
-        # fused AdamW: one kernel over all parameters instead of ~10 small ops per tensor (same update)
-        self.policy_optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.ppo.policy_lr,
-                                                  weight_decay=cfg.ppo.weight_decay, fused=True)
-        self.critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.ppo.critic_lr,
-                                                  weight_decay=cfg.ppo.weight_decay, fused=True)
-        self.engine: RolloutEngine = HFGenerate(policy, generation_config(
-            cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id))
-        with torch.random.fork_rng(devices=[]):  # the check's sampling leaves the run's RNG stream untouched
-            self.engine.check(*pad_left(encode(tokenizer, prompts.peek(2)), tokenizer.pad_token_id))
+        with runtime.fork_rng(), runtime.autocast():  # the check leaves the run's random streams untouched
+            self.engine.check(*self._encode(prompts.peek(2)))
         self.vocab_size = len(tokenizer)
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> left-padded ids and mask (B, P) on the models' device."""
+        return pad_left(encode(self.tokenizer, texts), self.tokenizer.pad_token_id, self.runtime.device)
 
     # ================================================================ rollout and scoring
     @torch.no_grad()
     def rollout(self) -> Rollout:
-        ppo_cfg, tok = self.cfg.ppo, self.tokenizer
+        ppo_cfg, tok, runtime = self.cfg.ppo, self.tokenizer, self.runtime
         prompts = self.prompts.take(ppo_cfg.batch_size)
-        query_ids, query_mask = pad_left(encode(tok, prompts), tok.pad_token_id)
+        query_ids, query_mask = self._encode(prompts)
 
-        generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (B, R)
+        started = runtime.now()
+        with runtime.autocast():
+            generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (B, R)
+        seconds_generate = runtime.now() - started
         tokens = generated.tokens
         mask = response_mask(tokens, tok.eos_token_id)
         ids = torch.cat([query_ids, tokens], dim=1)
         attention = torch.cat([query_mask, mask.long()], dim=1)
         n = tokens.shape[1]
 
-        with torch.inference_mode():  # scoring passes (packed, see models.pack); results are copied out below
-            scores = sequence_scores(self.reward_model, ids, attention)
-            ref_logprobs = ppo.logprobs_from_logits(
-                response_logits(self.reference, ids, attention, n, ppo_cfg.temperature), tokens)
-            values = critic_values(self.critic, ids, attention, n)
+        packing = pack(ids, attention)  # one packing (rlhf_lab.packing) for the three scoring passes
+        with torch.inference_mode(), runtime.borrow(self.reference, self.reward_model):  # results copied out below
+            scores = self.reward_model(packing)
+            ref_logprobs = ppo.logprobs_from_logits(self.reference(packing, n, ppo_cfg.temperature), tokens)
+            values = self.critic(packing, n)
 
         text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)
         responses = tok.batch_decode(text_tokens, skip_special_tokens=True)
         gold = None
         if self.gold_reward is not None:
             finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1).tolist()
-            gold = torch.tensor(self.gold_reward(prompts, responses, finished))
+            gold = torch.tensor(self.gold_reward(prompts, responses, finished), device=runtime.device)
         # the policy's log-probs are those generation sampled from: no second policy forward pass
         return Rollout(prompts, responses, ids, attention, tokens, mask, generated.logprobs * mask,
                        ref_logprobs * mask, generated.entropy * mask, values * mask, scores.clone(), gold,
-                       generated.seconds)
+                       seconds_generate)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:
         """Rollout, shape rewards, estimate advantages, then PPO epochs. Returns (metrics, rollout)."""
-        started = time.perf_counter()
+        clock = self.runtime.now
+        started = clock()
         batch = self.rollout()
-        rollout_seconds = time.perf_counter() - started
+        rollout_seconds = clock() - started
 
         shaped_scores = self.tricks.shape_scores(batch.scores)  # [reward_scaling, reward_norm, reward_clip]
         rewards, _ = self.tricks.token_rewards(shaped_scores, batch.logprobs, batch.ref_logprobs,
                                                batch.mask)  # [kl_penalty=token|adaptive]
         advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)  # GAE [adv_norm, adv_clip]
 
-        train_started = time.perf_counter()
+        train_started = clock()
         train_stats = self.train(batch, advantages, returns)
-        train_seconds = time.perf_counter() - train_started
+        train_seconds = clock() - train_started
 
         metrics = fetch({  # every metric of the iteration, in one device-to-host copy
             **rollout_metrics(tokens=batch.tokens, mask=batch.mask, eos_id=self.tokenizer.eos_token_id,
@@ -141,7 +145,7 @@ class PPOTrainer:
             "kl_ctl/coef": self.tricks.kl_ctl.coef,
             "perf/rollout_seconds": rollout_seconds,
             "perf/train_seconds": train_seconds,
-            "perf/iter_seconds": time.perf_counter() - started,
+            "perf/iter_seconds": clock() - started,
             "perf/gen_tokens_per_second": metrics["length/response_tokens"] / max(batch.seconds_generate, 1e-9),
         })
         return metrics, batch
@@ -155,16 +159,17 @@ class PPOTrainer:
         n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
         sums: dict[str, torch.Tensor] = {}
         for _ in range(ppo_cfg.epochs):
-            order = torch.randperm(ppo_cfg.batch_size)
+            order = torch.randperm(ppo_cfg.batch_size, device=self.runtime.device)
             for start in range(0, ppo_cfg.batch_size, size):
                 mb = order[start:start + size]
-                ids, attention, mask = batch.ids[mb], batch.attention[mb], batch.mask[mb]
+                mask = batch.mask[mb]
+                packing = pack(batch.ids[mb], batch.attention[mb])  # shared by the policy and the critic
                 stats = {}
                 if update_policy:
-                    stats.update(self.policy_update(ids, attention, batch.tokens[mb], mask, batch.logprobs[mb],
+                    stats.update(self.policy_update(packing, batch.tokens[mb], mask, batch.logprobs[mb],
                                                     batch.ref_logprobs[mb], advantages[mb], n))
                 # ---- critic: value loss [value_clip], [grad_clip]
-                values = critic_values(self.critic, ids, attention, n)
+                values = self.critic(packing, n)
                 value_loss, value_clipfrac = tricks.value_loss(values, batch.values[mb], returns[mb], mask)
                 stats["ppo/value_loss"] = value_loss.detach()
                 stats["ppo/value_clipfrac"] = value_clipfrac
@@ -176,11 +181,11 @@ class PPOTrainer:
         means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask)
         return means
 
-    def policy_update(self, ids, attention, tokens, mask, old_logprobs, ref_logprobs, advantages,
+    def policy_update(self, packing, tokens, mask, old_logprobs, ref_logprobs, advantages,
                       n: int) -> dict[str, torch.Tensor]:
         """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss."""
         tricks = self.tricks
-        logits = response_logits(self.policy, ids, attention, n, self.cfg.ppo.temperature)
+        logits = self.policy(packing, n, self.cfg.ppo.temperature)  # (B, R, V)
         if tricks.entropy_coef:
             logprobs, entropy = ppo.logprobs_and_entropy(logits, tokens)
         else:
@@ -196,7 +201,8 @@ class PPOTrainer:
         ptx_loss = torch.zeros((), device=logprobs.device)
         if tricks.ptx_coef:  # [ptx_loss]
             sft_ids, sft_mask, sft_loss_mask = sft_batch(self.tokenizer,
-                                                         self.sft_examples.take(self.cfg.ptx_loss.batch_size))
+                                                         self.sft_examples.take(self.cfg.ptx_loss.batch_size),
+                                                         self.runtime.device)
             ptx_loss = lm_loss(self.policy, sft_ids, sft_mask, sft_loss_mask)
             loss = loss + tricks.ptx_coef * ptx_loss
         with torch.no_grad():
@@ -206,11 +212,11 @@ class PPOTrainer:
                 "ppo/loss": loss.detach(),
                 "ppo/grad_norm_policy": self._optimise(self.policy, self.policy_optimizer, loss)}
 
-    def _optimise(self, model: PreTrainedModel, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
+    def _optimise(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
         """Backward, [grad_clip] (the norm before clipping is returned, as a 0-d tensor), step."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.tricks.max_grad_norm)
+        self.runtime.backward(loss)
+        grad_norm = self.runtime.clip_grad_norm_(model.parameters(), self.tricks.max_grad_norm)
         optimizer.step()
         return grad_norm.detach()
 

@@ -11,11 +11,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
+from rlhf_lab.build import assemble
 from rlhf_lab.config import Config, register_schema, to_config
-from rlhf_lab.models import quiet_transformers
+from rlhf_lab.data import Stream
+from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic, quiet_transformers
 from rlhf_lab.paths import conf_dir
 from rlhf_lab.toy.language import ToyLanguage
+from rlhf_lab.runtime import Runtime
 from rlhf_lab.toy.stages import build_tokenizer
+from rlhf_lab.trainer import PPOTrainer
 
 SLURM_CLUSTER_SH = Path(__file__).resolve().parent / "slurm" / "cluster.sh"
 
@@ -26,6 +30,24 @@ quiet_transformers()
 def make_config(*overrides: str) -> Config:
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+def tiny_trainer(checkpoints, *overrides, seed=0) -> PPOTrainer:
+    """A trainer on `tiny_checkpoints`, batch 8 x 6 tokens, on the CPU (the precision as configured)."""
+    sft_dir, rm_dir = checkpoints
+    cfg = make_config("device=cpu", "ppo.batch_size=8", "ppo.minibatches=2", "ppo.max_new_tokens=6",
+                      "ptx_loss.batch_size=4", f"seed={seed}", *overrides)
+    language = ToyLanguage.build(0)
+    tokenizer = load_tokenizer(sft_dir)
+    torch.manual_seed(seed)
+    runtime = Runtime.create(cfg.device, cfg.precision)
+    lora = cfg.lora.name.value == "on"
+    return assemble(cfg, runtime, policy=load_policy(sft_dir, torch.float32),
+                    reference=None if lora else load_policy(sft_dir, runtime.frozen_dtype),
+                    critic=make_critic(cfg.critic_init.name, sft_dir, rm_dir, tokenizer.pad_token_id, torch.float32),
+                    reward_model=load_reward_model(rm_dir, runtime.frozen_dtype), tokenizer=tokenizer,
+                    prompts=Stream(language.sample_prompt, seed),
+                    sft_examples=Stream(lambda rng: (language.sample_prompt(rng), "the zovo is great ."), seed))
 
 
 @pytest.fixture(scope="session")

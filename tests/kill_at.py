@@ -30,15 +30,15 @@ if moment == "after_row":
 
     rundir.RunDir.append_metrics = append_then_die
 elif moment == "checkpoint_write":
-    save_model, written = checkpoint.save_model, []
+    save_trainable, written = checkpoint.save_trainable, []
 
-    def save_then_die(model, path):
-        save_model(model, path)
+    def save_then_die(module, path):
+        save_trainable(module, path)
         written.append(path)
         if len(written) == n:
             die()
 
-    checkpoint.save_model = save_then_die
+    checkpoint.save_trainable = save_then_die
 else:
     raise SystemExit(f"unknown moment {moment!r}")
 

@@ -71,6 +71,7 @@ def test_unknown_key_and_bad_type_fail_at_composition():
     ("ppo.temperature=0", "ppo.temperature"), ("ppo.minibatches=3", "ppo.minibatches"),
     ("policy_clip.eps=1.5", "policy_clip.eps"), ("iterations=0", "iterations"),
     ("reward_clip.clip=-1", "reward_clip.clip"), ("grad_clip.max_norm=0", "grad_clip.max_norm"),
+    ("lora.rank=0", "lora.rank"), ("lora.target_modules=[]", "lora.target_modules"),
 ])
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

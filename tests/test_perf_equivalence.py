@@ -35,8 +35,11 @@ from conftest import make_config  # noqa: E402
 
 from rlhf_lab import ppo  # noqa: E402
 from rlhf_lab.data import Stream  # noqa: E402
-from rlhf_lab.models import (check_forward, critic_values, load_policy, load_reward_model,  # noqa: E402
-                             load_tokenizer, make_critic, pack, position_ids, response_logits, sequence_scores)
+from rlhf_lab.build import assemble  # noqa: E402
+from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic  # noqa: E402
+from rlhf_lab.packing import pack, position_ids  # noqa: E402
+from rlhf_lab.roles import check_forward  # noqa: E402
+from rlhf_lab.runtime import Runtime  # noqa: E402
 from rlhf_lab.toy.language import ToyLanguage  # noqa: E402
 from rlhf_lab.toy.stages import build_tokenizer  # noqa: E402
 from rlhf_lab.trainer import PPOTrainer  # noqa: E402
@@ -91,12 +94,11 @@ def seeded_trainer(checkpoints: tuple[Path, Path], *overrides: str) -> PPOTraine
     tokenizer = load_tokenizer(sft_dir)
     torch.manual_seed(cfg.seed)
     critic = make_critic(cfg.critic_init.name, sft_dir, rm_dir, tokenizer.pad_token_id, torch.float32)
-    return PPOTrainer(cfg, policy=load_policy(sft_dir, torch.float32), reference=load_policy(sft_dir, torch.float32),
-                      critic=critic,
-                      reward_model=load_reward_model(rm_dir, torch.float32), tokenizer=tokenizer,
-                      prompts=Stream(prompt, cfg.seed),
-                      sft_examples=Stream(lambda rng: (prompt(rng), language.sample_prompt(rng)),
-                                          cfg.seed + 1))
+    return assemble(cfg, Runtime.create(cfg.device, cfg.precision), policy=load_policy(sft_dir, torch.float32),
+                    reference=load_policy(sft_dir, torch.float32), critic=critic,
+                    reward_model=load_reward_model(rm_dir, torch.float32), tokenizer=tokenizer,
+                    prompts=Stream(prompt, cfg.seed),
+                    sft_examples=Stream(lambda rng: (prompt(rng), language.sample_prompt(rng)), cfg.seed + 1))
 
 
 def seeded_metrics(checkpoints: tuple[Path, Path], name: str) -> list[dict[str, float]]:
@@ -135,13 +137,20 @@ def test_seeded_metrics_match_the_golden_values(checkpoints, name):
 
 
 # ---------------------------------------------------------------- 2. optimised helpers against the padded computation
-def padded_response_logits(model, ids, mask, n, temperature):
+def packed_response_logits(policy, ids, mask, n, temperature):
+    """The policy role's packed pass."""
+    return policy(pack(ids, mask), n, temperature)
+
+
+def padded_response_logits(policy, ids, mask, n, temperature):
     """The straightforward version: a full padded forward pass with the attention mask."""
+    model = policy.model
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     return out.logits[:, -n - 1:-1].float() / temperature
 
 
 def padded_values(critic, ids, mask, n):
+    critic = critic.model
     hidden = critic.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                                use_cache=False).last_hidden_state
     return critic.score(hidden[:, -n - 1:-1]).squeeze(-1).float()
@@ -149,7 +158,7 @@ def padded_values(critic, ids, mask, n):
 
 def padded_scores(reward_model, ids, mask):
     """Transformers' own pooling (the last token that is not PAD)."""
-    return reward_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits[:, 0]
+    return reward_model.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False).logits[:, 0]
 
 
 @pytest.fixture(scope="module")
@@ -180,16 +189,16 @@ def test_packed_forwards_match_padded_reference(rollout):
     ids, attention, mask, n, temperature = batch.ids, batch.attention, batch.mask, batch.tokens.shape[1], 0.7
     on = mask.bool()
     with torch.no_grad():
-        torch.testing.assert_close(response_logits(trainer.reference, ids, attention, n, temperature)[on],
+        torch.testing.assert_close(trainer.reference(pack(ids, attention), n, temperature)[on],
                                    padded_response_logits(trainer.reference, ids, attention, n, temperature)[on],
                                    rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(critic_values(trainer.critic, ids, attention, n)[on],
+        torch.testing.assert_close(trainer.critic(pack(ids, attention), n)[on],
                                    padded_values(trainer.critic, ids, attention, n)[on], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(sequence_scores(trainer.reward_model, ids, attention),
+        torch.testing.assert_close(trainer.reward_model(pack(ids, attention)),
                                    padded_scores(trainer.reward_model, ids, attention), rtol=1e-4, atol=1e-4)
     # the gradient through the packed pass is the padded one
     grads = []
-    for logits_fn in (response_logits, padded_response_logits):
+    for logits_fn in (packed_response_logits, padded_response_logits):
         trainer.policy.zero_grad()
         logp = ppo.logprobs_from_logits(logits_fn(trainer.policy, ids, attention, n, temperature), batch.tokens)
         ppo.masked_mean(logp, mask).backward()
@@ -214,10 +223,10 @@ def test_check_forward_rejects_a_model_that_attends_across_sequences(rollout, mo
     from transformers import masking_utils
 
     trainer, _ = rollout
-    check_forward(trainer.policy)  # transformers' Llama keeps packed sequences apart
+    check_forward(trainer.policy.model)  # transformers' Llama keeps packed sequences apart
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
     with pytest.raises(ValueError, match="packed sequence boundaries"):
-        check_forward(trainer.policy)
+        check_forward(trainer.policy.model)
 
 
 def test_fused_logprobs_and_entropy():

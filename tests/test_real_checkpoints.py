@@ -17,11 +17,12 @@ from transformers import (AutoModelForSequenceClassification, CohereConfig, Cohe
 from conftest import make_config
 from rlhf_lab import ppo
 from rlhf_lab.data import encode
-from rlhf_lab.models import check_forward, pad_left, response_logits
+from rlhf_lab.packing import pack, pad_left
+from rlhf_lab.roles import check_forward
 from rlhf_lab.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.toy.stages import build_tokenizer
-from rlhf_lab.train import build_trainer
+from rlhf_lab.build import build_trainer
 
 TOL = 1e-4
 
@@ -107,16 +108,18 @@ def test_ratio_is_one_and_kl_is_zero_before_any_update(name, checkpoints, prompt
     torch.testing.assert_close(batch.logprobs[on], batch.ref_logprobs[on], rtol=0, atol=TOL)
     # the first minibatch, as PPO trains on it: the ratio to the rollout's log-probs is 1
     mb = slice(0, 4)
-    logits = response_logits(trainer.policy, batch.ids[mb], batch.attention[mb], batch.tokens.shape[1], 0.7)
+    packing = pack(batch.ids[mb], batch.attention[mb])
+    logits = trainer.policy(packing, batch.tokens.shape[1], 0.7)
     new = ppo.logprobs_from_logits(logits, batch.tokens[mb])
     ratio = (new - batch.logprobs[mb]).exp()[on[mb]]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=TOL)
-    stats = trainer.policy_update(batch.ids[mb], batch.attention[mb], batch.tokens[mb], batch.mask[mb],
+    stats = trainer.policy_update(packing, batch.tokens[mb], batch.mask[mb],
                                   batch.logprobs[mb], batch.ref_logprobs[mb], torch.randn_like(batch.mask[mb]),
                                   batch.tokens.shape[1])
     assert stats["ppo/clipfrac"] == 0 and abs(stats["ppo/approx_kl"]) < TOL
     # dropout stays off in every model, after a training step too
-    assert not any(m.training for m in (trainer.policy, trainer.reference, trainer.critic, trainer.reward_model))
+    roles = (trainer.policy, trainer.reference, trainer.critic, trainer.reward_model)
+    assert not any(module.training for role in roles for module in role.modules())
 
 
 def test_gpt2_dropout_would_break_the_ratio(checkpoints, prompts_file):
@@ -124,7 +127,7 @@ def test_gpt2_dropout_would_break_the_ratio(checkpoints, prompts_file):
     trainer = hf_trainer(checkpoints["gpt2_dropout"], prompts_file)
     batch = trainer.rollout()
     trainer.policy.train()
-    logits = response_logits(trainer.policy, batch.ids, batch.attention, batch.tokens.shape[1], 0.7)
+    logits = trainer.policy(pack(batch.ids, batch.attention), batch.tokens.shape[1], 0.7)
     new = ppo.logprobs_from_logits(logits, batch.tokens)
     assert (new - batch.logprobs)[batch.mask.bool()].abs().max() > 1e-2
 

@@ -5,13 +5,12 @@ import math
 import pytest
 import torch
 
-from conftest import make_config
+from conftest import make_config, tiny_trainer
 from rlhf_lab import ppo
 from rlhf_lab.config import ConfigError, KLEstimator
 from rlhf_lab.data import Stream, sft_batch
-from rlhf_lab.models import lm_loss, load_policy, load_reward_model, load_tokenizer, make_critic
-from rlhf_lab.toy.language import ToyLanguage
-from rlhf_lab.trainer import PPOTrainer
+from rlhf_lab.packing import pack
+from rlhf_lab.roles import lm_loss
 from rlhf_lab.tricks import Tricks
 
 BATCH_1, BATCH_2 = torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([-2.0, 0.0])
@@ -137,20 +136,6 @@ def test_entropy_grad_clip_ptx_coefficients():
 
 
 # ---------------------------------------------------------------- tricks that act on models
-def tiny_trainer(checkpoints, *overrides, seed=0):
-    sft_dir, rm_dir = checkpoints
-    cfg = make_config("ppo.batch_size=8", "ppo.minibatches=2", "ppo.max_new_tokens=6", "ptx_loss.batch_size=4",
-                      f"seed={seed}", *overrides)
-    language = ToyLanguage.build(0)
-    tokenizer = load_tokenizer(sft_dir)
-    torch.manual_seed(seed)
-    return PPOTrainer(cfg, policy=load_policy(sft_dir, torch.float32), reference=load_policy(sft_dir, torch.float32),
-                      critic=make_critic(cfg.critic_init.name, sft_dir, rm_dir, tokenizer.pad_token_id, torch.float32),
-                      reward_model=load_reward_model(rm_dir, torch.float32), tokenizer=tokenizer,
-                      prompts=Stream(language.sample_prompt, seed),
-                      sft_examples=Stream(lambda rng: (language.sample_prompt(rng), "the zovo is great ."), seed))
-
-
 def state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -164,11 +149,11 @@ def test_critic_init_reward_model_copies_the_reward_model(tiny_checkpoints):
 
 def test_critic_init_sft_and_random(tiny_checkpoints):
     sft = tiny_trainer(tiny_checkpoints, "critic_init=sft")
-    policy_backbone = sft.policy.model.state_dict()
-    critic_backbone = sft.critic.model.state_dict()
+    policy_backbone = sft.policy.model.base_model.state_dict()
+    critic_backbone = sft.critic.model.base_model.state_dict()
     assert all(torch.equal(critic_backbone[k], v) for k, v in policy_backbone.items())
     random = tiny_trainer(tiny_checkpoints, "critic_init=random", seed=1)
-    random_backbone = random.critic.model.state_dict()
+    random_backbone = random.critic.model.base_model.state_dict()
     assert not all(torch.equal(random_backbone[k], v) for k, v in policy_backbone.items())
 
 
@@ -200,7 +185,7 @@ def test_ptx_loss_adds_exactly_its_gradient_and_changes_nothing_else(tiny_checkp
     torch.manual_seed(1)
     batch = off.rollout()
     advantages, returns = off.tricks.advantages(torch.randn_like(batch.mask) * batch.mask, batch.values, batch.mask)
-    args = (batch.ids, batch.attention, batch.tokens, batch.mask, batch.logprobs, batch.ref_logprobs, advantages,
+    args = (pack(batch.ids, batch.attention), batch.tokens, batch.mask, batch.logprobs, batch.ref_logprobs, advantages,
             batch.tokens.shape[1])
     sft_examples = Stream(on.sft_examples.draw, 0)
     sft_examples.load_state_dict(on.sft_examples.state_dict())
@@ -232,7 +217,7 @@ def test_global_grad_clip_bounds_the_update_norm(tiny_checkpoints):
     torch.manual_seed(1)
     batch = trainer.rollout()
     advantages = torch.ones_like(batch.mask) * batch.mask
-    stats = trainer.policy_update(batch.ids, batch.attention, batch.tokens, batch.mask, batch.logprobs,
+    stats = trainer.policy_update(pack(batch.ids, batch.attention), batch.tokens, batch.mask, batch.logprobs,
                                   batch.ref_logprobs, advantages, batch.tokens.shape[1])
     clipped_norm = torch.nn.utils.get_total_norm([p.grad for p in trainer.policy.parameters() if p.grad is not None])
     assert stats["ppo/grad_norm_policy"] > 1e-3  # the logged norm is the norm before clipping

@@ -27,7 +27,9 @@ from transformers import (AutoModelForSequenceClassification, PreTrainedTokenize
 from rlhf_lab.artifacts import cached_build, code_fingerprint
 from rlhf_lab.config import Config
 from rlhf_lab.data import encode, sft_batch
-from rlhf_lab.models import lm_loss, load_policy, pad_left, response_mask, sequence_scores
+from rlhf_lab.models import load_policy
+from rlhf_lab.packing import pack, pad_left, response_mask
+from rlhf_lab.roles import Policy, RewardModel, lm_loss
 from rlhf_lab.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.gold import GoldReward
 from rlhf_lab.toy.language import ToyLanguage
@@ -91,7 +93,7 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage) -> None:
         rng.shuffle(examples)
         for start in range(0, len(examples) - sft.batch_size + 1, sft.batch_size):
             ids, mask, loss_mask = sft_batch(tokenizer, examples[start:start + sft.batch_size])
-            loss = lm_loss(model, ids, mask, loss_mask)
+            loss = lm_loss(Policy(model), ids, mask, loss_mask)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -143,7 +145,8 @@ def _preference_pairs(policy, tokenizer, language: ToyLanguage, gold: GoldReward
 @torch.no_grad()
 def _scores(model, sequences: list[list[int]], pad_id: int, batch_size: int = 512) -> torch.Tensor:
     """Reward-model scores of token sequences, in batches. -> (len(sequences),)."""
-    return torch.cat([sequence_scores(model, *pad_left(sequences[i:i + batch_size], pad_id))
+    reward_model = RewardModel(model)
+    return torch.cat([reward_model(pack(*pad_left(sequences[i:i + batch_size], pad_id)))
                       for i in range(0, len(sequences), batch_size)])
 
 
@@ -188,7 +191,7 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path) -> N
         for start in range(0, len(train_pairs) - rmc.batch_size + 1, rmc.batch_size):
             batch = train_pairs[start:start + rmc.batch_size]
             ids, mask = pad_left([c for c, _, _ in batch] + [r for _, r, _ in batch], pad)
-            chosen, rejected = sequence_scores(model, ids, mask).chunk(2)
+            chosen, rejected = RewardModel(model)(pack(ids, mask)).chunk(2)
             loss = -F.logsigmoid(chosen - rejected).mean()
             optimizer.zero_grad()
             loss.backward()

@@ -1,0 +1,102 @@
+"""From a config to a ready `PPOTrainer`: the runtime (device and precision are checked before any model
+loads), the toy stages, the four models, what is done to them (LoRA, gradient checkpointing), their roles on
+the runtime, the optimisers and the rollout engine.
+
+`build_trainer(cfg)` loads everything; `assemble(cfg, runtime, ...)` takes models already loaded (tests and
+benchmarks build their own).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from rlhf_lab.config import Config, OnOff, PPOConfig, TaskKind
+from rlhf_lab.data import Stream, prompt_stream, sft_stream
+from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
+                             make_critic, quiet_transformers, with_lora)
+from rlhf_lab.paths import cache_dir
+from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardModel, check_forward, hf_model
+from rlhf_lab.rollout import HFGenerate, generation_config, kv_cache
+from rlhf_lab.runtime import Runtime
+from rlhf_lab.trainer import PPOTrainer
+
+
+def build_trainer(cfg: Config) -> PPOTrainer:
+    """Runtime, stages, then the models, tokenizer and data streams the PPO loop needs."""
+    runtime = Runtime.create(cfg.device, cfg.precision, cfg.model.offload_frozen)
+    quiet_transformers()
+    language = gold = None
+    if cfg.task.name == TaskKind.toy:
+        from rlhf_lab.toy import stages
+        from rlhf_lab.toy.gold import GoldReward
+
+        artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))
+        policy_path, rm_path, language = artefacts.sft_dir, artefacts.rm_dir, artefacts.language
+        gold = GoldReward(language)
+    else:
+        policy_path, rm_path = cfg.model.policy, cfg.model.reward_model
+    tokenizer = load_tokenizer(policy_path)
+    lora = cfg.lora.name == OnOff.on
+    torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
+    # trainable models in fp32 (master weights; autocast computes in the compute dtype), frozen ones in it
+    return assemble(
+        cfg, runtime,
+        policy=load_policy(policy_path, torch.float32),
+        reference=None if lora else load_policy(policy_path, runtime.frozen_dtype),
+        critic=make_critic(cfg.critic_init.name, policy_path, rm_path, tokenizer.pad_token_id, torch.float32),
+        reward_model=load_reward_model(rm_path, runtime.frozen_dtype),
+        tokenizer=tokenizer,
+        prompts=prompt_stream(cfg, language),
+        sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
+        gold_reward=gold,
+    )
+
+
+def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, reference: PreTrainedModel | None,
+             critic: PreTrainedModel, reward_model: PreTrainedModel, tokenizer, prompts: Stream,
+             sft_examples: Stream | None = None, gold_reward=None) -> PPOTrainer:
+    """Loaded models -> a trainer. `reference` is None under lora=on: it is the policy without its adapters."""
+    lora = cfg.lora.name == OnOff.on
+    if lora and reference is not None:
+        raise ValueError("lora=on: the reference is the policy with its adapters disabled; pass reference=None")
+    for frozen in (reference, reward_model):
+        if frozen is not None:
+            frozen.requires_grad_(False)
+    if lora:  # [lora]
+        policy = with_lora(policy, cfg.lora, "CAUSAL_LM")
+        if cfg.lora.critic:
+            critic = with_lora(critic, cfg.lora, "SEQ_CLS")
+    policy_role, critic_role = Policy(policy), Critic(critic)
+    reference_role = AdapterFreePolicy(policy_role) if lora else Policy(reference)
+    reward_role = RewardModel(reward_model)
+    for role in (policy_role, reference_role, critic_role, reward_role):
+        role.eval()  # always: dropout would make the PPO ratio != 1 and the KL != 0 on unchanged weights
+    for model in (policy, reference, critic, reward_model):
+        if model is not None:
+            check_forward(model)
+    if cfg.model.gradient_checkpointing:  # after eval(): see enable_gradient_checkpointing
+        for model in (policy, critic):
+            enable_gradient_checkpointing(hf_model(model))
+    policy_role.to(runtime.device), critic_role.to(runtime.device)
+    runtime.place_frozen(reference_role), runtime.place_frozen(reward_role)
+    policy_optimizer, critic_optimizer = optimizers(cfg.ppo, policy_role, critic_role)
+    policy_role, critic_role, policy_optimizer, critic_optimizer = runtime.prepare(
+        policy_role, critic_role, policy_optimizer, critic_optimizer)
+    engine = HFGenerate(runtime.unwrap(policy_role).hf, generation_config(
+        cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        kv_cache(cfg.rollout.cache, runtime.device)))
+    return PPOTrainer(cfg, runtime, policy=policy_role, reference=reference_role, critic=critic_role,
+                      reward_model=reward_role, policy_optimizer=policy_optimizer,
+                      critic_optimizer=critic_optimizer, engine=engine, tokenizer=tokenizer, prompts=prompts,
+                      sft_examples=sft_examples, gold_reward=gold_reward)
+
+
+def optimizers(ppo: PPOConfig, policy: nn.Module, critic: nn.Module) -> tuple[torch.optim.Optimizer, ...]:
+    """AdamW over the trainable parameters of each (with LoRA: the adapters). Fused: one kernel over all
+    parameters instead of ~10 small ops per tensor (the same update)."""
+    def adamw(module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
+                                 weight_decay=ppo.weight_decay, fused=True)
+    return adamw(policy, ppo.policy_lr), adamw(critic, ppo.critic_lr)
