@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_lab.config import Config, OnOff, PPOConfig, TaskKind
+from rlhf_lab.config import Config, ConfigError, Distributed, OnOff, PPOConfig, TaskKind
 from rlhf_lab.data import Stream, prompt_stream, sft_stream
 from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, with_lora)
@@ -23,16 +23,21 @@ from rlhf_lab.runtime import Runtime
 from rlhf_lab.trainer import PPOTrainer
 
 
-def build_trainer(cfg: Config) -> PPOTrainer:
-    """Runtime, stages, then the models, tokenizer and data streams the PPO loop needs."""
-    runtime = Runtime.create(cfg.device, cfg.precision, cfg.model.offload_frozen)
+def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
+    """Runtime (unless given), stages, then the models, tokenizer and data streams the PPO loop needs."""
+    runtime = runtime or Runtime.create(cfg.device, cfg.precision, cfg.model.offload_frozen)
+    check_ranks(cfg, runtime.world_size)
     quiet_transformers()
     language = gold = None
     if cfg.task.name == TaskKind.toy:
         from rlhf_lab.toy import stages
         from rlhf_lab.toy.gold import GoldReward
 
-        artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))
+        if not runtime.is_main:  # the main rank builds (transformers saves from global rank 0 only)
+            runtime.barrier()
+        artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))  # built once under a file lock
+        if runtime.is_main:
+            runtime.barrier()
         policy_path, rm_path, language = artefacts.sft_dir, artefacts.rm_dir, artefacts.language
         gold = GoldReward(language)
     else:
@@ -91,6 +96,20 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
                       reward_model=reward_role, policy_optimizer=policy_optimizer,
                       critic_optimizer=critic_optimizer, engine=engine, tokenizer=tokenizer, prompts=prompts,
                       sft_examples=sft_examples, gold_reward=gold_reward)
+
+
+def check_ranks(cfg: Config, world_size: int) -> None:
+    """Raise ConfigError unless the batch splits evenly over the ranks, and ranks come with distributed!=none."""
+    if world_size > 1 and cfg.distributed.name == Distributed.none:
+        raise ConfigError(f"distributed=none is not allowed with {world_size} ranks (a launcher started them); "
+                          f"expected distributed=ddp")
+    size = cfg.ppo.batch_size // cfg.ppo.minibatches
+    if size % world_size:
+        raise ConfigError(f"ppo.batch_size={cfg.ppo.batch_size} is not allowed with {cfg.ppo.minibatches} "
+                          f"minibatches on {world_size} ranks: expected each minibatch ({size}) to split evenly")
+    if cfg.ptx_loss.name == OnOff.on and cfg.ptx_loss.batch_size % world_size:
+        raise ConfigError(f"ptx_loss.batch_size={cfg.ptx_loss.batch_size} is not allowed on {world_size} ranks: "
+                          f"expected a multiple of {world_size}")
 
 
 def optimizers(ppo: PPOConfig, policy: nn.Module, critic: nn.Module) -> tuple[torch.optim.Optimizer, ...]:

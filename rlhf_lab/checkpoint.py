@@ -50,13 +50,21 @@ def load_trainable(module: nn.Module, path: Path) -> None:
             p.copy_(saved[name])
 
 
-def save(trainer: PPOTrainer, checkpoints: Path, next_step: int) -> Path:
+def save(trainer: PPOTrainer, checkpoints: Path | None, next_step: int) -> Path | None:
     """Write a checkpoint to continue at `next_step`. Refuses (Diverged) to save non-finite weights, so the
-    latest checkpoint is always a good one."""
+    latest checkpoint is always a good one. Called on every rank: the main one writes (every rank holds the
+    same weights, optimiser states, statistics and run random stream; `checkpoints` is None on the others),
+    and the others wait for it."""
     policy, critic = trainer.runtime.unwrap(trainer.policy), trainer.runtime.unwrap(trainer.critic)
     for model in (policy, critic):
         if not all(torch.isfinite(p).all() for p in trainable(model).values()):
             raise Diverged(f"non-finite weights in the {'policy' if model is policy else 'critic'}")
+    folder = _write(trainer, policy, critic, checkpoints, next_step) if trainer.runtime.is_main else None
+    trainer.runtime.barrier()
+    return folder
+
+
+def _write(trainer: PPOTrainer, policy: nn.Module, critic: nn.Module, checkpoints: Path, next_step: int) -> Path:
     folder = checkpoints / f"step-{next_step:06d}"
     tmp = checkpoints / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

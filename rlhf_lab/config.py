@@ -111,6 +111,11 @@ class Precision(str, enum.Enum):
     fp16 = "fp16"
 
 
+class Distributed(str, enum.Enum):
+    none = "none"
+    ddp = "ddp"
+
+
 class RolloutCache(str, enum.Enum):
     auto = "auto"
     dynamic = "dynamic"
@@ -364,6 +369,17 @@ class LoraConfig:
 
 
 @dataclass
+class DistributedConfig:
+    name: Distributed = Distributed.none  # none (one process) | ddp (every rank holds the models; gradients averaged)
+    processes: int = 1  # ranks this run starts on this machine (1: none; ranks from torchrun or SLURM tasks are used as they come)
+
+    def __post_init__(self):
+        _check(self.processes >= 1, "distributed.processes", ">= 1", self.processes)
+        _check(self.processes == 1 or self.name != Distributed.none, "distributed.processes",
+               "1 with distributed=none (choose distributed=ddp for several ranks)", self.processes)
+
+
+@dataclass
 class LoggerConfig:
     name: LoggerKind = LoggerKind.local  # local (run directory only) | wandb (run directory + Weights & Biases)
     project: Optional[str] = None  # wandb: project (default: $WANDB_PROJECT or "rlhf-lab")
@@ -408,6 +424,7 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     reward_scaling: RewardScalingConfig = field(default_factory=RewardScalingConfig)
@@ -428,6 +445,10 @@ class Config:
         _check(self.iterations >= 1, "iterations", ">= 1", self.iterations)
         _check(not (self.device == Device.cpu and self.precision == Precision.fp16), "precision",
                "fp32 or bf16 with device=cpu (fp16 autocast needs cuda)", self.precision.value)
+        ranks = self.distributed.processes
+        _check((self.ppo.batch_size // self.ppo.minibatches) % ranks == 0, "ppo.batch_size",
+               f"a multiple of ppo.minibatches x distributed.processes ({self.ppo.minibatches} x {ranks})",
+               self.ppo.batch_size)
 
     def tricks(self) -> dict[str, str]:
         """The chosen option of every trick group, e.g. {"kl_penalty": "token", ...}."""

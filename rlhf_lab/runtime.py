@@ -1,4 +1,4 @@
-"""Compute of one run: device, precision and (next) the process group. The only module that imports accelerate.
+"""Compute of one run: device, precision and the process group. The only module that imports accelerate.
 
 The PPO maths never asks where it runs: the trainer calls `Runtime` for placement (`prepare`, `borrow`),
 mixed precision (`autocast`, `backward`, `clip_grad_norm_`), timing (`now`) and random state. On one CPU
@@ -8,6 +8,11 @@ Precision: trainable models (policy, critic) keep fp32 master weights and AdamW 
 passes run under autocast in the compute dtype (bf16 weights with bf16 optimiser states lose small updates);
 the frozen reference and reward model are loaded in the compute dtype itself (`frozen_dtype`). fp16 adds
 accelerate's gradient scaler, which `backward` and `clip_grad_norm_` apply.
+
+Ranks (docs/architecture.md, "Ranks"): with `distributed=ddp` the trainable roles are wrapped by DDP; every
+rank generates and scores its share of the batch, then `gather` gives every rank the whole batch, so every
+statistic is a whole-batch one on every rank with no further communication. `mean_over_ranks` averages the
+training statistics once per iteration. At one process each of these is the identity.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs
 
 from rlhf_lab.config import ConfigError, Device, Precision
 
@@ -56,8 +63,86 @@ class Runtime:
         # different precisions, so a state left by an earlier one is dropped first (one process, no group yet)
         if AcceleratorState._shared_state:
             AcceleratorState._reset_state()
-        accelerator = Accelerator(cpu=where.type == "cpu", mixed_precision=MIXED_PRECISION[precision])
+        # DDP: no buffer broadcast before every forward pass (the models' buffers are constants such as RoPE
+        # frequencies, identical on every rank)
+        accelerator = Accelerator(cpu=where.type == "cpu", mixed_precision=MIXED_PRECISION[precision],
+                                  kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
         return cls(accelerator, precision, offload_frozen and where.type == "cuda")
+
+    # ---------------------------------------------------------------- ranks
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        """The one rank that writes the run directory, W&B and checkpoints."""
+        return self.accelerator.is_main_process
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous share of `n` items (n is a multiple of the world size)."""
+        size = n // self.world_size
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+    def gather(self, x: torch.Tensor, pad_value: float = 0, left: bool = False) -> torch.Tensor:
+        """Every rank's (b, ...) tensor, concatenated in rank order -> (W * b, ...). Dimension 1, where it
+        exists, is padded to the longest over ranks first (on the left with `left`)."""
+        if self.world_size == 1:
+            return x
+        if x.dim() > 1:
+            length = torch.tensor([x.shape[1]], device=x.device)
+            dist.all_reduce(length, op=dist.ReduceOp.MAX)
+            missing = int(length) - x.shape[1]
+            if missing:
+                pad = x.new_full((x.shape[0], missing, *x.shape[2:]), pad_value)
+                x = torch.cat([pad, x] if left else [x, pad], dim=1)
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    def mean_over_ranks(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The mean over ranks of each 0-d statistic, in one all-reduce."""
+        if self.world_size == 1 or not stats:
+            return stats
+        values = torch.stack([value.detach().float().reshape(()) for value in stats.values()])
+        dist.all_reduce(values)
+        return dict(zip(stats, values / self.world_size))
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true on some rank (a preemption signal that reached one rank only)."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def broadcast(self, value):
+        """The main rank's value of a small picklable object, on every rank."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    @contextlib.contextmanager
+    def rank_rng(self) -> Iterator[None]:
+        """A random stream of this rank's own for the block (sampling), derived from the run's stream; the
+        run's stream advances identically on every rank, so they stay in step (minibatch order, checkpoints).
+        One process: the run's stream itself."""
+        if self.world_size == 1:
+            yield
+            return
+        seed = int(torch.randint(2**62, (1,)))  # the same draw on every rank
+        with self.fork_rng():
+            torch.manual_seed(seed + self.rank)
+            yield
 
     # ---------------------------------------------------------------- placement
     @property
@@ -97,8 +182,9 @@ class Runtime:
     # ---------------------------------------------------------------- precision
     def autocast(self):
         """Autocast to the compute dtype (a no-op at fp32): for passes outside a prepared module's forward,
-        such as generation."""
-        return self.accelerator.autocast()
+        such as generation. This run's own precision (accelerate's state is process-wide: another run built
+        in the same process must not change it)."""
+        return torch.autocast(self.device.type, dtype=self.frozen_dtype, enabled=self.precision != Precision.fp32)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)

@@ -10,6 +10,8 @@ import os
 import signal
 import traceback
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 from rlhf_lab import checkpoint
 from rlhf_lab.build import build_trainer
 from rlhf_lab.config import Config
+from rlhf_lab.runtime import Runtime
 from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
 from rlhf_lab.trainer import Diverged, PPOTrainer
 from rlhf_lab.wandb_sink import WandbSink, previous_record  # wandb itself is imported lazily
@@ -64,88 +67,140 @@ def torch_threads(cfg: Config, launcher: DictConfig | None) -> int:
     return max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs and n_jobs > 0 else 0
 
 
+@dataclass(frozen=True)
+class Job:
+    """What a run takes from Hydra, read in the process Hydra started (ranks started by `launch` have no Hydra)."""
+
+    run_dir: Path  # the run directory (Hydra's output directory, or the `resume` directory)
+    arm: str  # the arm's label (`arm_label`)
+    preset: str | None  # the preset chosen
+    threads: int  # torch intra-op threads per process (0: torch's default)
+    log_file: Path  # the job's log file (Hydra's)
+
+
 def run(cfg: Config) -> str:
     """One run in Hydra's output directory (or the `resume` directory). Never raises for a training problem:
-    the status (completed, diverged, failed, preempted) is returned and written to run.json."""
+    the status (completed, diverged, failed, preempted) is returned and written to run.json.
+    With `distributed.processes` > 1 (and no launcher's ranks already there) the ranks are started here."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
-    run_dir = RunDir(cfg.resume or hydra_cfg.runtime.output_dir)
+    processes = cfg.distributed.processes
     threads = torch_threads(cfg, hydra_cfg.launcher)
-    if threads:
-        torch.set_num_threads(threads)
+    job = Job(run_dir=Path(cfg.resume or hydra_cfg.runtime.output_dir),
+              arm=arm_label(cfg, list(hydra_cfg.overrides.task)), preset=hydra_cfg.runtime.choices.get("preset"),
+              threads=max(1, (threads or os.cpu_count() or 1) // processes) if processes > 1 else threads,
+              log_file=Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
+        slurm_ranks()
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        from rlhf_lab.launch import launch
+
+        return launch(cfg, job, processes)
+    return execute(cfg, job)
+
+
+def slurm_ranks() -> None:
+    """A SLURM job of several tasks (hydra.launcher.tasks_per_node, nodes): each task is a rank. Export the
+    environment torch.distributed reads, from SLURM's (the first node is the rendezvous host)."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("SLURM task %d of %d (rendezvous %s:%d)", env.rank, env.world_size, env.master_addr, env.master_port)
+
+
+def execute(cfg: Config, job: Job) -> str:
+    """The run, as one rank (one of `distributed.processes`, or of an external launcher such as torchrun or
+    SLURM tasks). Only the main rank writes the run directory, W&B and checkpoints."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    runtime = Runtime.create(cfg.device, cfg.precision, cfg.model.offload_frozen)  # before any model loads
+    # under an external launcher every rank started its own Hydra app: the main rank's directory is the run's
+    job = runtime.broadcast(job)
+    run_dir = RunDir(job.run_dir)
     latest = checkpoint.latest(run_dir.checkpoints)
-    wandb_before = previous_record(run_dir)  # an earlier attempt's W&B run, continued below
-    if not run_dir.run_json.exists():
-        run_dir.write_info(new_run_info(cfg, arm_label(cfg, list(hydra_cfg.overrides.task)),
-                                        hydra_cfg.runtime.choices.get("preset")))
-    elif latest is None:  # an earlier attempt died before its first checkpoint: start over, as the same run
-        run_dir.truncate_from(0)
-        run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
-        log.info("no checkpoint in %s: restarting the run from step 0", run_dir.path)
-    sink = WandbSink.open(cfg, run_dir, wandb_before)  # never raises; does nothing unless logger=wandb
+    writer = runtime.is_main
+    if writer:
+        wandb_before = previous_record(run_dir)  # an earlier attempt's W&B run, continued below
+        if not run_dir.run_json.exists():
+            run_dir.write_info(new_run_info(cfg, job.arm, job.preset))
+        elif latest is None:  # an earlier attempt died before its first checkpoint: start over, as the same run
+            run_dir.truncate_from(0)
+            run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
+            log.info("no checkpoint in %s: restarting the run from step 0", run_dir.path)
+    runtime.barrier()
+    sink = WandbSink.open(cfg, run_dir, wandb_before) if writer else WandbSink()  # never raises
     step = 0
     with Preemption() as preemption:
         try:
             torch.manual_seed(cfg.seed)
-            trainer = build_trainer(cfg)
+            trainer = build_trainer(cfg, runtime)
             if latest is not None:
                 step = checkpoint.load(trainer, latest)
-                run_dir.truncate_from(step)
-                run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
+                if writer:
+                    run_dir.truncate_from(step)
+                    run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
                 log.info("resuming %s at step %d", run_dir.path, step)
             else:
                 for stats in trainer.pretrain_critic():
                     log.info("critic pre-training: value loss %.4f, explained variance %.3f",
                              stats["ppo/value_loss"], stats["ppo/explained_var"])
-            info = run_dir.read_info()
-            log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
-            status = train_loop(cfg, trainer, run_dir, step, preemption, sink)
+            if writer:
+                info = run_dir.read_info()
+                log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
+            status = train_loop(cfg, trainer, run_dir if writer else None, step, preemption, sink)
             sink.finish(status)
             return status
         except Diverged as err:
             log.error("diverged: %s; last good checkpoint kept in %s", err, run_dir.checkpoints)
-            run_dir.set_status("diverged", error=str(err))
+            if writer:
+                run_dir.set_status("diverged", error=str(err))
             sink.finish("diverged")
             return "diverged"
         except Exception as err:  # noqa: BLE001 - a failed run must not take the sweep down with it
             log.error("failed:\n%s", traceback.format_exc())
-            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}",
-                               log=str(run_dir.path / f"{hydra_cfg.job.name}.log"))
+            if writer:
+                run_dir.set_status("failed", error=f"{type(err).__name__}: {err}", log=str(job.log_file))
             sink.finish("failed")
             return "failed"
 
 
-def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir, start: int, preemption: "Preemption",
+def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir | None, start: int, preemption: "Preemption",
                sink: "WandbSink") -> str:
     """PPO iterations `start .. cfg.iterations - 1`, logging every one (to the run directory, and to `sink`, a
-    `WandbSink`, when given). Returns "completed", or "preempted" after a checkpoint when SIGUSR2/SIGTERM
-    arrived (under submitit its handler then requeues the job)."""
+    `WandbSink`, when given; `run_dir` is None on ranks that do not write). Returns "completed", or "preempted"
+    after a checkpoint when SIGUSR2/SIGTERM arrived on any rank (under submitit its handler then requeues
+    the job)."""
+    runtime = trainer.runtime
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", unit="it",
-               disable=not cfg.run.progress, dynamic_ncols=True)
+               disable=not (cfg.run.progress and run_dir), dynamic_ncols=True)
     with bar:
         for step in bar:
             metrics, batch = trainer.step()
-            run_dir.append_metrics({"step": step, **metrics})
-            sink.log(step, metrics)
             last = step == cfg.iterations - 1
-            if step % cfg.run.samples_every == 0 or last:
-                rows = samples(step, batch, cfg.run.samples_per_log)
-                run_dir.append_samples(rows)
-                sink.log_samples(step, rows)
-            if (step + 1) % cfg.run.checkpoint_every == 0 or last or preemption.signal:
-                checkpoint.save(trainer, run_dir.checkpoints, step + 1)
-            if preemption.signal and not last:
-                log.warning("signal %s at step %d: checkpoint saved, stopping", preemption.signal.name, step)
-                run_dir.set_status("preempted")
+            signalled = runtime.any_rank(preemption.signal is not None)
+            if run_dir:
+                run_dir.append_metrics({"step": step, **metrics})
+                sink.log(step, metrics)
+                if step % cfg.run.samples_every == 0 or last:
+                    rows = samples(step, batch, cfg.run.samples_per_log)
+                    run_dir.append_samples(rows)
+                    sink.log_samples(step, rows)
+            if (step + 1) % cfg.run.checkpoint_every == 0 or last or signalled:
+                checkpoint.save(trainer, run_dir.checkpoints if run_dir else None, step + 1)
+            if signalled and not last:
+                log.warning("signal at step %d: checkpoint saved, stopping", step)
+                if run_dir:
+                    run_dir.set_status("preempted")
                 sink.finish("preempted")
                 preemption.hand_over()
                 return "preempted"
             bar.set_postfix({"proxy": f"{metrics['reward/proxy_mean']:.3f}",
                              "gold": f"{metrics.get('reward/gold_mean', float('nan')):.3f}",
                              "kl": f"{metrics['kl/ref_k1']:.2f}"}, refresh=False)
-    run_dir.set_status("completed")
-    log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)
+    if run_dir:
+        run_dir.set_status("completed")
+        log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)
     return "completed"
 
 
@@ -173,7 +228,11 @@ class Preemption:
             signal.signal(sig, handler)
 
     def hand_over(self) -> None:
-        """Pass the signal on: to submitit's handler (requeue and exit) if there was one, else exit."""
+        """Pass the signal on: to submitit's handler (requeue and exit) if there was one, else exit. A rank
+        that was not signalled itself (another rank was) just exits."""
+        if self.signal is None:
+            self.__exit__()
+            raise SystemExit(0)
         handler = self.previous.get(self.signal)
         self.__exit__()
         if callable(handler):

@@ -79,13 +79,14 @@ class PPOTrainer:
     # ================================================================ rollout and scoring
     @torch.no_grad()
     def rollout(self) -> Rollout:
+        """Sample and score this rank's share of the batch, then gather the whole batch on every rank."""
         ppo_cfg, tok, runtime = self.cfg.ppo, self.tokenizer, self.runtime
-        prompts = self.prompts.take(ppo_cfg.batch_size)
-        query_ids, query_mask = self._encode(prompts)
+        prompts = self.prompts.take(ppo_cfg.batch_size)  # the whole batch, the same on every rank
+        query_ids, query_mask = self._encode(prompts[runtime.share(len(prompts))])
 
         started = runtime.now()
-        with runtime.autocast():
-            generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (B, R)
+        with runtime.rank_rng(), runtime.autocast():
+            generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (b, R)
         seconds_generate = runtime.now() - started
         tokens = generated.tokens
         mask = response_mask(tokens, tok.eos_token_id)
@@ -99,16 +100,24 @@ class PPOTrainer:
             ref_logprobs = ppo.logprobs_from_logits(self.reference(packing, n, ppo_cfg.temperature), tokens)
             values = self.critic(packing, n)
 
+        # [ranks] the whole batch on every rank (the identity on one process); prompts padded on the left,
+        # responses on the right. The policy's log-probs are those generation sampled from: no second pass.
+        gather = runtime.gather
+        query_ids = gather(query_ids, tok.pad_token_id, left=True)
+        query_mask = gather(query_mask, 0, left=True)
+        logprobs, ref_logprobs = gather(generated.logprobs * mask), gather(ref_logprobs * mask)
+        entropy, values, scores = gather(generated.entropy * mask), gather(values * mask), gather(scores.clone())
+        tokens, mask = gather(tokens, tok.pad_token_id), gather(mask)
+
         text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)
         responses = tok.batch_decode(text_tokens, skip_special_tokens=True)
         gold = None
         if self.gold_reward is not None:
             finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1).tolist()
             gold = torch.tensor(self.gold_reward(prompts, responses, finished), device=runtime.device)
-        # the policy's log-probs are those generation sampled from: no second policy forward pass
-        return Rollout(prompts, responses, ids, attention, tokens, mask, generated.logprobs * mask,
-                       ref_logprobs * mask, generated.entropy * mask, values * mask, scores.clone(), gold,
-                       seconds_generate)
+        return Rollout(prompts, responses, torch.cat([query_ids, tokens], dim=1),
+                       torch.cat([query_mask, mask.long()], dim=1), tokens, mask, logprobs, ref_logprobs, entropy,
+                       values, scores, gold, seconds_generate)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:
@@ -155,35 +164,42 @@ class PPOTrainer:
               update_policy: bool = True) -> dict[str, torch.Tensor]:
         """PPO epochs x minibatches. Returns the mean of each training statistic, as 0-d tensors (no host sync
         inside the loop; the caller checks them for non-finite values once, see `_check_finite`)."""
-        ppo_cfg, tricks = self.cfg.ppo, self.tricks
+        ppo_cfg, tricks, runtime = self.cfg.ppo, self.tricks, self.runtime
         n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
         sums: dict[str, torch.Tensor] = {}
         for _ in range(ppo_cfg.epochs):
-            order = torch.randperm(ppo_cfg.batch_size, device=self.runtime.device)
+            order = torch.randperm(ppo_cfg.batch_size, device=runtime.device)  # the same on every rank
             for start in range(0, ppo_cfg.batch_size, size):
-                mb = order[start:start + size]
+                minibatch = order[start:start + size]
+                mb = minibatch[runtime.share(size)]  # [ranks] this rank's part of the minibatch
                 mask = batch.mask[mb]
+                # [ranks] each token mean below is over this rank's part; DDP averages the ranks' gradients,
+                # so weighting by the part's share of the minibatch's tokens x ranks gives the minibatch's
+                # token mean (exactly 1 on one process)
+                weight = mask.sum() * runtime.world_size / batch.mask[minibatch].sum()
                 packing = pack(batch.ids[mb], batch.attention[mb])  # shared by the policy and the critic
                 stats = {}
                 if update_policy:
                     stats.update(self.policy_update(packing, batch.tokens[mb], mask, batch.logprobs[mb],
-                                                    batch.ref_logprobs[mb], advantages[mb], n))
+                                                    batch.ref_logprobs[mb], advantages[mb], n, weight))
                 # ---- critic: value loss [value_clip], [grad_clip]
                 values = self.critic(packing, n)
                 value_loss, value_clipfrac = tricks.value_loss(values, batch.values[mb], returns[mb], mask)
+                value_loss = weight * value_loss
                 stats["ppo/value_loss"] = value_loss.detach()
-                stats["ppo/value_clipfrac"] = value_clipfrac
+                stats["ppo/value_clipfrac"] = weight * value_clipfrac
                 stats["ppo/grad_norm_critic"] = self._optimise(self.critic, self.critic_optimizer, value_loss)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
         steps = ppo_cfg.epochs * ppo_cfg.minibatches
-        means = {key: value / steps for key, value in sums.items()}
+        means = runtime.mean_over_ranks({key: value / steps for key, value in sums.items()})
         means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask)
         return means
 
-    def policy_update(self, packing, tokens, mask, old_logprobs, ref_logprobs, advantages,
-                      n: int) -> dict[str, torch.Tensor]:
-        """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss."""
+    def policy_update(self, packing, tokens, mask, old_logprobs, ref_logprobs, advantages, n: int,
+                      weight: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
+        """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss. `weight`
+        scales the token means of this rank's part of the minibatch (see `train`)."""
         tricks = self.tricks
         logits = self.policy(packing, n, self.cfg.ppo.temperature)  # (B, R, V)
         if tricks.entropy_coef:
@@ -197,20 +213,26 @@ class PPOTrainer:
         if tricks.entropy_coef:  # [entropy_bonus]
             entropy_bonus = tricks.entropy_coef * ppo.masked_mean(entropy, mask)
             loss = loss - entropy_bonus
-        loss = loss + tricks.kl_loss(logprobs, ref_logprobs, mask)  # [kl_penalty=loss]
+        loss = weight * (loss + tricks.kl_loss(logprobs, ref_logprobs, mask))  # [kl_penalty=loss]
         ptx_loss = torch.zeros((), device=logprobs.device)
         if tricks.ptx_coef:  # [ptx_loss]
-            sft_ids, sft_mask, sft_loss_mask = sft_batch(self.tokenizer,
-                                                         self.sft_examples.take(self.cfg.ptx_loss.batch_size),
-                                                         self.runtime.device)
-            ptx_loss = lm_loss(self.policy, sft_ids, sft_mask, sft_loss_mask)
+            ptx_loss = self.ptx_loss()
             loss = loss + tricks.ptx_coef * ptx_loss
         with torch.no_grad():
             approx_kl = ppo.masked_mean(ppo.kl_estimate(old_logprobs, logprobs, KLEstimator.k3), mask)
-        return {"ppo/policy_loss": policy_loss.detach(), "ppo/clipfrac": clipfrac, "ppo/approx_kl": approx_kl,
-                "ppo/entropy_bonus": entropy_bonus.detach(), "ppo/ptx_loss": ptx_loss.detach(),
-                "ppo/loss": loss.detach(),
+        return {"ppo/policy_loss": weight * policy_loss.detach(), "ppo/clipfrac": weight * clipfrac,
+                "ppo/approx_kl": weight * approx_kl, "ppo/entropy_bonus": weight * entropy_bonus.detach(),
+                "ppo/ptx_loss": ptx_loss.detach(), "ppo/loss": loss.detach(),
                 "ppo/grad_norm_policy": self._optimise(self.policy, self.policy_optimizer, loss)}
+
+    def ptx_loss(self) -> torch.Tensor:
+        """[ptx_loss] LM loss on a batch of SFT examples: this rank's part of it, weighted like the minibatch
+        (see `train`) by its share of the batch's target tokens."""
+        examples = self.sft_examples.take(self.cfg.ptx_loss.batch_size)  # the same on every rank
+        ids, mask, loss_mask = sft_batch(self.tokenizer, examples, self.runtime.device)
+        rows = self.runtime.share(len(examples))
+        weight = loss_mask[rows, 1:].sum() * self.runtime.world_size / loss_mask[:, 1:].sum()
+        return weight * lm_loss(self.policy, ids[rows], mask[rows], loss_mask[rows])
 
     def _optimise(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> torch.Tensor:
         """Backward, [grad_clip] (the norm before clipping is returned, as a 0-d tensor), step."""

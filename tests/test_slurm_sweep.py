@@ -58,3 +58,31 @@ def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):
             break
         time.sleep(1)
     assert "REQUEUED" in states and states[-1] == "COMPLETED", states
+
+
+@pytest.mark.slow
+def test_a_two_rank_job_on_slurm_survives_preemption(slurm_cluster, tmp_path):
+    """One run as a SLURM job of 2 tasks (2 DDP ranks, gloo): preempted with USR2, requeued, resumed, one run
+    directory with contiguous steps."""
+    sweep_dir, cache, iterations = tmp_path / "sweep", tmp_path / "cache", 20
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_lab.cli", "-m", "arm=ddp", "seed=0", "distributed=ddp", "hydra/launcher=slurm",
+         "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", *TINY, f"iterations={iterations}",
+         "run.checkpoint_every=100", f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    target = sweep_dir / "ddp,seed=0"
+    deadline = time.time() + 400
+    while len(read_jsonl(target / "metrics.jsonl")) < 3:
+        assert time.time() < deadline and sweep.poll() is None, "the job never got going"
+        time.sleep(0.1)
+    job_dir = next(path for path in (sweep_dir / ".submitit").iterdir() if path.is_dir())  # one job, no array
+    preempt_job(job_dir)
+
+    output, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, output[-4000:]
+    assert "1 runs: 1 completed" in output
+    info = json.loads((target / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert [row["step"] for row in read_jsonl(target / "metrics.jsonl")] == list(range(iterations))
+    log_text = (target / "train.log").read_text()
+    assert "SLURM task 0 of 2" in log_text and "checkpoint saved, stopping" in log_text
