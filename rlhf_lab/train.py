@@ -28,7 +28,8 @@ from rlhf_lab.wandb_sink import WandbSink, previous_record  # wandb itself is im
 log = logging.getLogger("rlhf_lab")
 
 # Overrides that do not define an ablation arm (they vary within one).
-NON_ARM_KEYS = ("seed", "iterations", "resume", "arm", "cache_dir", "logger", "run.", "sweep")
+NON_ARM_KEYS = ("seed", "iterations", "resume", "arm", "cache_dir", "logger", "run.", "sweep", "device",
+                "distributed", "rollout.")
 
 
 def arm_label(cfg: Config, overrides: list[str]) -> str:
