@@ -14,8 +14,10 @@ import os
 import signal
 import socket
 import sys
+from typing import Any, Callable
 
 from rlhf_lab.config import Config
+from rlhf_lab.preemption import Preemption
 from rlhf_lab.rundir import RunDir
 
 log = logging.getLogger("rlhf_lab")
@@ -27,12 +29,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(cfg: Config, job, processes: int) -> str:
-    """Run `execute(cfg, job)` on `processes` local ranks; return the run's status."""
-    from rlhf_lab.train import Preemption
-
+def launch(execute: Callable[[Config, Any], str], cfg: Config, job, processes: int) -> str:
+    """Run `execute(cfg, job)` (rlhf_lab.train.execute: a module-level function, which the spawned ranks
+    import by name) on `processes` local ranks; return the run's status."""
     port, context = free_port(), multiprocessing.get_context("spawn")
-    ranks = [context.Process(target=_rank, args=(cfg, job, rank, processes, port), name=f"rank-{rank}")
+    ranks = [context.Process(target=_rank, args=(execute, cfg, job, rank, processes, port), name=f"rank-{rank}")
              for rank in range(processes)]
     with Preemption() as preemption:
         for process in ranks:
@@ -61,7 +62,7 @@ def launch(cfg: Config, job, processes: int) -> str:
     return status
 
 
-def _rank(cfg: Config, job, rank: int, world_size: int, port: int) -> None:
+def _rank(execute: Callable[[Config, Any], str], cfg: Config, job, rank: int, world_size: int, port: int) -> None:
     """One rank's process."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -71,7 +72,4 @@ def _rank(cfg: Config, job, rank: int, world_size: int, port: int) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers,
                         format=f"[%(asctime)s][rank {rank}][%(name)s][%(levelname)s] - %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the launcher, which stops the ranks
-
-    from rlhf_lab.train import execute
-
     execute(cfg, job)

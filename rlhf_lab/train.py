@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import traceback
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from tqdm.auto import tqdm
 from rlhf_lab import checkpoint
 from rlhf_lab.build import build_trainer
 from rlhf_lab.config import Config
+from rlhf_lab.launch import launch
+from rlhf_lab.preemption import Preemption
 from rlhf_lab.runtime import Runtime
 from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
 from rlhf_lab.trainer import Diverged, PPOTrainer
@@ -95,9 +96,7 @@ def run(cfg: Config) -> str:
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
         slurm_ranks()
     if processes > 1 and "WORLD_SIZE" not in os.environ:
-        from rlhf_lab.launch import launch
-
-        return launch(cfg, job, processes)
+        return launch(execute, cfg, job, processes)
     return execute(cfg, job)
 
 
@@ -203,42 +202,6 @@ def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir | None, start: 
         run_dir.set_status("completed")
         log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)
     return "completed"
-
-
-class Preemption:
-    """Remembers SIGUSR2 (SLURM's warning before preemption or timeout, as submitit asks for it) and SIGTERM
-    (when nobody else handles it), so the loop can finish its iteration and checkpoint first.
-    `hand_over()` then calls the handler that was there before: submitit's requeues the job and exits."""
-
-    def __init__(self):
-        self.signal: signal.Signals | None = None
-        self.previous: dict[signal.Signals, object] = {}
-
-    def __enter__(self) -> "Preemption":
-        for sig in (signal.SIGUSR2, signal.SIGTERM):
-            current = signal.getsignal(sig)
-            if sig == signal.SIGUSR2 or current in (signal.SIG_DFL, None):
-                self.previous[sig] = signal.signal(sig, self._remember)
-        return self
-
-    def _remember(self, signum, frame) -> None:
-        self.signal = signal.Signals(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def hand_over(self) -> None:
-        """Pass the signal on: to submitit's handler (requeue and exit) if there was one, else exit. A rank
-        that was not signalled itself (another rank was) just exits."""
-        if self.signal is None:
-            self.__exit__()
-            raise SystemExit(0)
-        handler = self.previous.get(self.signal)
-        self.__exit__()
-        if callable(handler):
-            handler(self.signal, None)
-        raise SystemExit(128 + self.signal)
 
 
 def samples(step: int, batch, n: int) -> list[dict]:
