@@ -354,9 +354,9 @@ class OursOnModels(Ours):
         self.vocab, self.generate_seconds = vocab, 0.0
         self.clock = synced_clock if runtime.device.type == "cuda" else time.perf_counter
         self.trainer = assemble(cfg, runtime, policy=copy_as(policy, torch.float32),
-                                reference=copy_as(policy, runtime.frozen_dtype),
+                                reference=copy_as(policy, runtime.compute_dtype),
                                 critic=copy_as(reward_model, torch.float32),
-                                reward_model=copy_as(reward_model, runtime.frozen_dtype),
+                                reward_model=copy_as(reward_model, runtime.compute_dtype),
                                 tokenizer=tokenizer, prompts=prompts)
 
     def step(self) -> tuple[float, float]:

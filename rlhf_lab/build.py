@@ -49,9 +49,9 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
     return assemble(
         cfg, runtime,
         policy=load_policy(policy_path, torch.float32),
-        reference=None if lora else load_policy(policy_path, runtime.frozen_dtype),
+        reference=None if lora else load_policy(policy_path, runtime.compute_dtype),
         critic=make_critic(cfg.critic_init.name, policy_path, rm_path, tokenizer.pad_token_id, torch.float32),
-        reward_model=load_reward_model(rm_path, runtime.frozen_dtype),
+        reward_model=load_reward_model(rm_path, runtime.compute_dtype),
         tokenizer=tokenizer,
         prompts=prompt_stream(cfg, language),
         sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
@@ -84,8 +84,10 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
     if cfg.model.gradient_checkpointing:  # after eval(): see enable_gradient_checkpointing
         for model in (policy, critic):
             enable_gradient_checkpointing(hf_model(model))
-    policy_role.to(runtime.device), critic_role.to(runtime.device)
-    runtime.place_frozen(reference_role), runtime.place_frozen(reward_role)
+    for trainable in (policy_role, critic_role):
+        trainable.to(runtime.device)
+    for frozen in (reference_role, reward_role):
+        runtime.place_frozen(frozen)
     policy_optimizer, critic_optimizer = optimizers(cfg.ppo, policy_role, critic_role)
     policy_role, critic_role, policy_optimizer, critic_optimizer = runtime.prepare(
         policy_role, critic_role, policy_optimizer, critic_optimizer)

@@ -6,7 +6,7 @@ process at fp32 every method is a thin wrapper over plain torch.
 
 Precision: trainable models (policy, critic) keep fp32 master weights and AdamW states, and their forward
 passes run under autocast in the compute dtype (bf16 weights with bf16 optimiser states lose small updates);
-the frozen reference and reward model are loaded in the compute dtype itself (`frozen_dtype`). fp16 adds
+the frozen reference and reward model are loaded in the compute dtype itself (`compute_dtype`). fp16 adds
 accelerate's gradient scaler, which `backward` and `clip_grad_norm_` apply.
 
 Ranks (docs/architecture.md, "Ranks"): with `distributed=ddp` the trainable roles are wrapped by DDP; every
@@ -150,8 +150,8 @@ class Runtime:
         return self.accelerator.device
 
     @property
-    def frozen_dtype(self) -> torch.dtype:
-        """Dtype of the frozen models' weights: the compute dtype."""
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype autocast computes in, and that of the frozen models' weights."""
         return COMPUTE_DTYPE[self.precision]
 
     def prepare(self, *objects):
@@ -184,7 +184,7 @@ class Runtime:
         """Autocast to the compute dtype (a no-op at fp32): for passes outside a prepared module's forward,
         such as generation. This run's own precision (accelerate's state is process-wide: another run built
         in the same process must not change it)."""
-        return torch.autocast(self.device.type, dtype=self.frozen_dtype, enabled=self.precision != Precision.fp32)
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.precision != Precision.fp32)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)

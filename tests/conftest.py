@@ -43,9 +43,9 @@ def tiny_trainer(checkpoints, *overrides, seed=0) -> PPOTrainer:
     runtime = Runtime.create(cfg.device, cfg.precision)
     lora = cfg.lora.name.value == "on"
     return assemble(cfg, runtime, policy=load_policy(sft_dir, torch.float32),
-                    reference=None if lora else load_policy(sft_dir, runtime.frozen_dtype),
+                    reference=None if lora else load_policy(sft_dir, runtime.compute_dtype),
                     critic=make_critic(cfg.critic_init.name, sft_dir, rm_dir, tokenizer.pad_token_id, torch.float32),
-                    reward_model=load_reward_model(rm_dir, runtime.frozen_dtype), tokenizer=tokenizer,
+                    reward_model=load_reward_model(rm_dir, runtime.compute_dtype), tokenizer=tokenizer,
                     prompts=Stream(language.sample_prompt, seed),
                     sft_examples=Stream(lambda rng: (language.sample_prompt(rng), "the zovo is great ."), seed))
 
