@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
 from rlhf_lab.config import ConfigError, Device, Precision
 
@@ -94,39 +93,27 @@ class Runtime:
         if self.world_size == 1:
             return x
         if x.dim() > 1:
-            length = torch.tensor([x.shape[1]], device=x.device)
-            dist.all_reduce(length, op=dist.ReduceOp.MAX)
-            missing = int(length) - x.shape[1]
-            if missing:
-                pad = x.new_full((x.shape[0], missing, *x.shape[2:]), pad_value)
-                x = torch.cat([pad, x] if left else [x, pad], dim=1)
-        parts = [torch.empty_like(x) for _ in range(self.world_size)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+            x = self.accelerator.pad_across_processes(x, dim=1, pad_index=pad_value, pad_first=left)
+        return self.accelerator.gather(x.contiguous())
 
     def mean_over_ranks(self, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The mean over ranks of each 0-d statistic, in one all-reduce."""
         if self.world_size == 1 or not stats:
             return stats
         values = torch.stack([value.detach().float().reshape(()) for value in stats.values()])
-        dist.all_reduce(values)
-        return dict(zip(stats, values / self.world_size))
+        return dict(zip(stats, self.accelerator.reduce(values, reduction="mean")))
 
     def any_rank(self, flag: bool) -> bool:
         """True when `flag` is true on some rank (a preemption signal that reached one rank only)."""
         if self.world_size == 1:
             return flag
-        value = torch.tensor([float(flag)], device=self.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return bool(self.accelerator.reduce(torch.tensor([float(flag)], device=self.device)).item() > 0)
 
     def broadcast(self, value):
         """The main rank's value of a small picklable object, on every rank."""
         if self.world_size == 1:
             return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return broadcast_object_list([value])[0]
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
