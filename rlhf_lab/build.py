@@ -25,7 +25,7 @@ from rlhf_lab.trainer import PPOTrainer
 
 def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
     """Runtime (unless given), stages, then the models, tokenizer and data streams the PPO loop needs."""
-    runtime = runtime or Runtime.create(cfg.device, cfg.precision, cfg.model.offload_frozen)
+    runtime = runtime or Runtime.from_config(cfg)
     check_ranks(cfg, runtime.world_size)
     quiet_transformers()
     language = gold = None
@@ -85,13 +85,13 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
         for model in (policy, critic):
             enable_gradient_checkpointing(hf_model(model))
     for trainable in (policy_role, critic_role):
-        trainable.to(runtime.device)
+        runtime.shard(trainable.to(runtime.device))  # [fsdp] in place, before the optimisers see the parameters
     for frozen in (reference_role, reward_role):
         runtime.place_frozen(frozen)
     policy_optimizer, critic_optimizer = optimizers(cfg.ppo, policy_role, critic_role)
     policy_role, critic_role, policy_optimizer, critic_optimizer = runtime.prepare(
         policy_role, critic_role, policy_optimizer, critic_optimizer)
-    engine = HFGenerate(runtime.unwrap(policy_role).hf, generation_config(
+    engine = HFGenerate(runtime.unwrap(policy_role), generation_config(
         cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id,
         kv_cache(cfg.rollout.cache, runtime.device)))
     return PPOTrainer(cfg, runtime, policy=policy_role, reference=reference_role, critic=critic_role,
@@ -104,7 +104,7 @@ def check_ranks(cfg: Config, world_size: int) -> None:
     """Raise ConfigError unless the batch splits evenly over the ranks, and ranks come with distributed!=none."""
     if world_size > 1 and cfg.distributed.name == Distributed.none:
         raise ConfigError(f"distributed=none is not allowed with {world_size} ranks (a launcher started them); "
-                          f"expected distributed=ddp")
+                          f"expected distributed=ddp or fsdp")
     size = cfg.ppo.batch_size // cfg.ppo.minibatches
     if size % world_size:
         raise ConfigError(f"ppo.batch_size={cfg.ppo.batch_size} is not allowed with {cfg.ppo.minibatches} "

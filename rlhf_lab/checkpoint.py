@@ -28,53 +28,40 @@ def latest(checkpoints: Path) -> Path | None:
     return folder if (folder / "state.pt").exists() else None
 
 
-def trainable(module: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters that train, by name (a tied weight once)."""
-    return {name: p for name, p in module.named_parameters() if p.requires_grad}
-
-
-def save_trainable(module: nn.Module, path: Path) -> None:
-    save_file({name: p.detach().cpu().contiguous() for name, p in trainable(module).items()}, str(path))
-
-
-def load_trainable(module: nn.Module, path: Path) -> None:
-    """Copy saved trainable parameters in place. Raises ValueError when the names differ (the checkpoint was
-    written by a run with other trainable parameters, for example with LoRA switched the other way)."""
-    saved, params = load_file(str(path)), trainable(module)
-    if saved.keys() != params.keys():
-        missing, extra = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
-        raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name])
-
-
 def save(trainer: PPOTrainer, checkpoints: Path | None, next_step: int) -> Path | None:
     """Write a checkpoint to continue at `next_step`. Refuses (Diverged) to save non-finite weights, so the
-    latest checkpoint is always a good one. Called on every rank: the main one writes (every rank holds the
-    same weights, optimiser states, statistics and run random stream; `checkpoints` is None on the others),
-    and the others wait for it."""
-    policy, critic = trainer.runtime.unwrap(trainer.policy), trainer.runtime.unwrap(trainer.critic)
+    latest checkpoint is always a good one. Called on every rank: whole tensors are gathered (under FSDP each
+    rank holds shards; see Runtime.trainable_state), the main rank writes (`checkpoints` is None on the
+    others; every rank holds the same statistics and run random stream) and the others wait for it. The
+    files are the same at any world size and under any `distributed` strategy but for the optimiser states,
+    which FSDP keys by parameter name."""
+    runtime = trainer.runtime
+    policy, critic = runtime.unwrap(trainer.policy), runtime.unwrap(trainer.critic)
     for model in (policy, critic):
-        if not all(torch.isfinite(p).all() for p in trainable(model).values()):
+        if not runtime.all_finite(model):
             raise Diverged(f"non-finite weights in the {'policy' if model is policy else 'critic'}")
-    folder = _write(trainer, policy, critic, checkpoints, next_step) if trainer.runtime.is_main else None
-    trainer.runtime.barrier()
+    state = {
+        "policy": runtime.trainable_state(policy),
+        "critic": runtime.trainable_state(critic),
+        "policy_optimizer": runtime.optimizer_state(policy, trainer.policy_optimizer),
+        "critic_optimizer": runtime.optimizer_state(critic, trainer.critic_optimizer),
+    }
+    folder = _write(trainer, state, checkpoints, next_step) if runtime.is_main else None
+    runtime.barrier()
     return folder
 
 
-def _write(trainer: PPOTrainer, policy: nn.Module, critic: nn.Module, checkpoints: Path, next_step: int) -> Path:
+def _write(trainer: PPOTrainer, state: dict, checkpoints: Path, next_step: int) -> Path:
     folder = checkpoints / f"step-{next_step:06d}"
     tmp = checkpoints / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_trainable(policy, tmp / "policy.safetensors")
-    save_trainable(critic, tmp / "critic.safetensors")
+    save_file(state["policy"], str(tmp / "policy.safetensors"))
+    save_file(state["critic"], str(tmp / "critic.safetensors"))
     torch.save({
         "next_step": next_step,
-        "policy_optimizer": trainer.policy_optimizer.state_dict(),
-        "critic_optimizer": trainer.critic_optimizer.state_dict(),
+        "policy_optimizer": state["policy_optimizer"],
+        "critic_optimizer": state["critic_optimizer"],
         "tricks": trainer.tricks.state_dict(),
         "prompts": trainer.prompts.state_dict(),
         "sft_examples": trainer.sft_examples.state_dict() if trainer.sft_examples else None,
@@ -91,13 +78,28 @@ def _write(trainer: PPOTrainer, policy: nn.Module, critic: nn.Module, checkpoint
     return folder
 
 
+def load_trainable(runtime, module: nn.Module, path: Path) -> None:
+    """Copy saved trainable parameters in place. Raises ValueError when the names differ (the checkpoint was
+    written by a run with other trainable parameters, for example with LoRA switched the other way)."""
+    saved = load_file(str(path))
+    names = {name for name, p in module.named_parameters() if p.requires_grad}
+    if saved.keys() != names:
+        missing, extra = sorted(names - saved.keys()), sorted(saved.keys() - names)
+        raise ValueError(f"{path} does not match the model's trainable parameters: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    runtime.load_trainable_state(module, saved)
+
+
 def load(trainer: PPOTrainer, folder: Path) -> int:
-    """Restore a trainer from a checkpoint folder. Returns the step to continue from."""
-    load_trainable(trainer.runtime.unwrap(trainer.policy), folder / "policy.safetensors")
-    load_trainable(trainer.runtime.unwrap(trainer.critic), folder / "critic.safetensors")
-    state = torch.load(folder / "state.pt", weights_only=True)
-    trainer.policy_optimizer.load_state_dict(state["policy_optimizer"])
-    trainer.critic_optimizer.load_state_dict(state["critic_optimizer"])
+    """Restore a trainer from a checkpoint folder, on every rank: each reads the files (state.pt memory-mapped,
+    so the ranks of one machine share its pages) and keeps its shards. Returns the step to continue from."""
+    runtime = trainer.runtime
+    policy, critic = runtime.unwrap(trainer.policy), runtime.unwrap(trainer.critic)
+    load_trainable(runtime, policy, folder / "policy.safetensors")
+    load_trainable(runtime, critic, folder / "critic.safetensors")
+    state = torch.load(folder / "state.pt", weights_only=True, mmap=True)
+    runtime.load_optimizer_state(policy, trainer.policy_optimizer, state["policy_optimizer"])
+    runtime.load_optimizer_state(critic, trainer.critic_optimizer, state["critic_optimizer"])
     trainer.tricks.load_state_dict(state["tricks"])
     trainer.prompts.load_state_dict(state["prompts"])
     if trainer.sft_examples:

@@ -114,6 +114,7 @@ class Precision(str, enum.Enum):
 class Distributed(str, enum.Enum):
     none = "none"
     ddp = "ddp"
+    fsdp = "fsdp"
 
 
 class RolloutCache(str, enum.Enum):
@@ -370,13 +371,16 @@ class LoraConfig:
 
 @dataclass
 class DistributedConfig:
-    name: Distributed = Distributed.none  # none (one process) | ddp (every rank holds the models; gradients averaged)
-    processes: int = 1  # ranks this run starts on this machine (1: none; ranks from torchrun or SLURM tasks are used as they come)
+    name: Distributed = Distributed.none  # none (one process) | ddp (every rank holds the models; gradients averaged) | fsdp (the trainable models sharded over the ranks, FSDP2)
+    processes: int = 1  # ranks this run starts on this machine (ranks from torchrun or SLURM tasks are used as they come)
+    shard_frozen: bool = False  # fsdp: shard the frozen reference and reward model too (1/W of their weights per rank, a gather per layer per scoring pass) instead of replicating them
 
     def __post_init__(self):
         _check(self.processes >= 1, "distributed.processes", ">= 1", self.processes)
         _check(self.processes == 1 or self.name != Distributed.none, "distributed.processes",
-               "1 with distributed=none (choose distributed=ddp for several ranks)", self.processes)
+               "1 with distributed=none (choose distributed=ddp or fsdp for several ranks)", self.processes)
+        _check(not self.shard_frozen or self.name == Distributed.fsdp, "distributed.shard_frozen",
+               "false unless distributed=fsdp", self.shard_frozen)
 
 
 @dataclass
@@ -445,6 +449,10 @@ class Config:
         _check(self.iterations >= 1, "iterations", ">= 1", self.iterations)
         _check(not (self.device == Device.cpu and self.precision == Precision.fp16), "precision",
                "fp32 or bf16 with device=cpu (fp16 autocast needs cuda)", self.precision.value)
+        _check(not (self.distributed.name == Distributed.fsdp and self.precision == Precision.fp16), "precision",
+               "fp32 or bf16 with distributed=fsdp", self.precision.value)
+        _check(not (self.distributed.shard_frozen and self.model.offload_frozen), "model.offload_frozen",
+               "false with distributed.shard_frozen=true (sharded models stay on their GPUs)", True)
         ranks = self.distributed.processes
         _check((self.ppo.batch_size // self.ppo.minibatches) % ranks == 0, "ppo.batch_size",
                f"a multiple of ppo.minibatches x distributed.processes ({self.ppo.minibatches} x {ranks})",

@@ -56,8 +56,12 @@ class Policy(nn.Module):
 
     @property
     def hf(self) -> PreTrainedModel:
-        """The transformers model, for `generate` and its config."""
+        """The transformers model, for its config."""
         return hf_model(self.model)
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        """transformers' `generate`, entered through this module (a sharded policy's hooks gather its weights)."""
+        return self.hf.generate(**kwargs)
 
     def forward(self, packing: Packing, n_predict: int, temperature: float = 1.0) -> torch.Tensor:
         """Logits that predict the last `n_predict` tokens of each sequence, over the temperature.

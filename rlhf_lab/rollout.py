@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from rlhf_lab import ppo
@@ -96,8 +97,11 @@ class StepLogprobs(LogitsProcessor):
 class HFGenerate:
     """transformers' `generate` as a rollout engine (see the module docstring)."""
 
-    def __init__(self, policy: PreTrainedModel, gen_config: GenerationConfig):
-        use_only(policy, gen_config)
+    def __init__(self, policy: PreTrainedModel | nn.Module, gen_config: GenerationConfig):
+        """`policy`: a causal LM, or the Policy role around one (rlhf_lab.roles), whose `generate` enters
+        through the role: a sharded policy gathers its weights there."""
+        self.model = getattr(policy, "hf", policy)  # the transformers model (its generation config)
+        use_only(self.model, gen_config)
         self.policy, self.gen_config = policy, gen_config
 
     @torch.no_grad()
@@ -124,7 +128,7 @@ class HFGenerate:
         drawn = torch.stack(out.scores, 1).float()
         if not torch.allclose(drawn, raw, rtol=1e-4, atol=1e-4):
             raise ValueError("generation does not sample from softmax(logits / temperature): a logits processor "
-                             f"(policy.generation_config: {self.policy.generation_config.to_diff_dict()}) changes "
+                             f"(policy.generation_config: {self.model.generation_config.to_diff_dict()}) changes "
                              "the distribution whose log-probs PPO records")
         tokens = out.sequences[:, query_ids.shape[1]:]
         recorded, _ = recorder.result(tokens)

@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from rlhf_lab import checkpoint
 from rlhf_lab.build import build_trainer
-from rlhf_lab.config import Config
+from rlhf_lab.config import Config, Distributed
 from rlhf_lab.launch import launch
 from rlhf_lab.preemption import Preemption
 from rlhf_lab.runtime import Runtime
 from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
 from rlhf_lab.trainer import Diverged, PPOTrainer
-from rlhf_lab.wandb_sink import WandbSink, previous_record  # wandb itself is imported lazily
+from rlhf_lab.wandb_sink import WandbSink, hydra_context, previous_record  # wandb itself is imported lazily
 
 log = logging.getLogger("rlhf_lab")
 
@@ -78,12 +78,14 @@ class Job:
     preset: str | None  # the preset chosen
     threads: int  # torch intra-op threads per process (0: torch's default)
     log_file: Path  # the job's log file (Hydra's)
+    wandb_context: tuple  # (the sweep's W&B group, the command line's overrides): `hydra_context()`
 
 
 def run(cfg: Config) -> str:
     """One run in Hydra's output directory (or the `resume` directory). Never raises for a training problem:
     the status (completed, diverged, failed, preempted) is returned and written to run.json.
-    With `distributed.processes` > 1 (and no launcher's ranks already there) the ranks are started here."""
+    With `distributed.processes` > 1, or distributed=fsdp (a process group even for one rank), and no
+    launcher's ranks already there, the ranks are started here."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -92,10 +94,11 @@ def run(cfg: Config) -> str:
     job = Job(run_dir=Path(cfg.resume or hydra_cfg.runtime.output_dir),
               arm=arm_label(cfg, list(hydra_cfg.overrides.task)), preset=hydra_cfg.runtime.choices.get("preset"),
               threads=max(1, (threads or os.cpu_count() or 1) // processes) if processes > 1 else threads,
-              log_file=Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log")
+              log_file=Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log",
+              wandb_context=hydra_context())
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
         slurm_ranks()
-    if processes > 1 and "WORLD_SIZE" not in os.environ:
+    if (processes > 1 or cfg.distributed.name == Distributed.fsdp) and "WORLD_SIZE" not in os.environ:
         return launch(execute, cfg, job, processes)
     return execute(cfg, job)
 
@@ -114,7 +117,7 @@ def execute(cfg: Config, job: Job) -> str:
     SLURM tasks). Only the main rank writes the run directory, W&B and checkpoints."""
     if job.threads:
         torch.set_num_threads(job.threads)
-    runtime = Runtime.create(cfg.device, cfg.precision, cfg.model.offload_frozen)  # before any model loads
+    runtime = Runtime.from_config(cfg)  # before any model loads
     # under an external launcher every rank started its own Hydra app: the main rank's directory is the run's
     job = runtime.broadcast(job)
     run_dir = RunDir(job.run_dir)
@@ -129,7 +132,7 @@ def execute(cfg: Config, job: Job) -> str:
             run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
             log.info("no checkpoint in %s: restarting the run from step 0", run_dir.path)
     runtime.barrier()
-    sink = WandbSink.open(cfg, run_dir, wandb_before) if writer else WandbSink()  # never raises
+    sink = WandbSink.open(cfg, run_dir, wandb_before, job.wandb_context) if writer else WandbSink()  # never raises
     step = 0
     with Preemption() as preemption:
         try:

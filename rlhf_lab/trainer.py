@@ -68,7 +68,7 @@ class PPOTrainer:
         self.engine = engine
         self.prompts, self.sft_examples, self.gold_reward = prompts, sft_examples, gold_reward
         self.tricks = Tricks(cfg)
-        with runtime.fork_rng(), runtime.autocast():  # the check leaves the run's random streams untouched
+        with runtime.fork_rng(), runtime.autocast(), runtime.gathered(policy):  # the run's streams untouched
             self.engine.check(*self._encode(prompts.peek(2)))
         self.vocab_size = len(tokenizer)
 
@@ -85,7 +85,7 @@ class PPOTrainer:
         query_ids, query_mask = self._encode(prompts[runtime.share(len(prompts))])
 
         started = runtime.now()
-        with runtime.rank_rng(), runtime.autocast():
+        with runtime.rank_rng(), runtime.autocast(), runtime.gathered(self.policy):  # [fsdp] one all-gather
             generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (b, R)
         seconds_generate = runtime.now() - started
         tokens = generated.tokens
@@ -95,7 +95,8 @@ class PPOTrainer:
         n = tokens.shape[1]
 
         packing = pack(ids, attention)  # one packing (rlhf_lab.packing) for the three scoring passes
-        with torch.inference_mode(), runtime.borrow(self.reference, self.reward_model):  # results copied out below
+        # no_grad (the method's), not inference_mode: FSDP's gathered weights are reused by the training passes
+        with runtime.borrow(self.reference, self.reward_model):
             scores = self.reward_model(packing)
             ref_logprobs = ppo.logprobs_from_logits(self.reference(packing, n, ppo_cfg.temperature), tokens)
             values = self.critic(packing, n)
@@ -106,7 +107,7 @@ class PPOTrainer:
         query_ids = gather(query_ids, tok.pad_token_id, left=True)
         query_mask = gather(query_mask, 0, left=True)
         logprobs, ref_logprobs = gather(generated.logprobs * mask), gather(ref_logprobs * mask)
-        entropy, values, scores = gather(generated.entropy * mask), gather(values * mask), gather(scores.clone())
+        entropy, values, scores = gather(generated.entropy * mask), gather(values * mask), gather(scores)
         tokens, mask = gather(tokens, tok.pad_token_id), gather(mask)
 
         text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)

@@ -1,7 +1,7 @@
 """The Weights & Biases sink: mirrors what the run directory records into a W&B run (docs/architecture.md,
 "One PPO iteration": metrics -> sinks). The run directory stays the source of truth; this sink only copies.
 
-`WandbSink.open(cfg, run_dir, previous)` starts (or continues) the W&B run of a run directory:
+`WandbSink.open(cfg, run_dir, previous, context)` starts (or continues) the W&B run of a run directory:
 
 * project / entity: `logger.project` / `logger.entity`, else those of the W&B run being continued, else
   $WANDB_PROJECT / $WANDB_ENTITY (project default "rlhf-lab"); mode: `logger.mode`, else $WANDB_MODE, else
@@ -61,9 +61,9 @@ def previous_record(run_dir: RunDir) -> dict | None:
     return record if isinstance(record, dict) and record.get("id") else None
 
 
-def _hydra_context() -> tuple[str | None, list[str]]:
+def hydra_context() -> tuple[str | None, list[str]]:
     """(the sweep's default group (`sweep_group`) when this is a multirun job, else None; the command line's
-    overrides)."""
+    overrides), read in the process Hydra started (ranks started by rlhf_lab.launch get it from their Job)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -109,22 +109,25 @@ class WandbSink:
 
     # ------------------------------------------------------------ start
     @classmethod
-    def open(cls, cfg, run_dir: RunDir, previous: dict | None = None) -> "WandbSink":
+    def open(cls, cfg, run_dir: RunDir, previous: dict | None = None,
+             context: tuple[str | None, list[str]] | None = None) -> "WandbSink":
         """Start or continue the W&B run of `run_dir` (run.json must exist). `previous`: the record of an
         earlier attempt (`previous_record`, read before run.json was rewritten); None reads it from run.json.
+        `context`: `hydra_context()`'s answer (None: asked here).
 
         W&B is used when `logger=wandb`, or when resuming a run that had a W&B run unless the command line
         says `logger=...` (then that choice holds). Never raises."""
         try:
-            return cls._open(cfg, run_dir, previous)
+            return cls._open(cfg, run_dir, previous, context or hydra_context())
         except Exception as err:  # noqa: BLE001 - W&B must never stop training
             cls(None, run_dir)._fail("start", err)
             return cls()
 
     @classmethod
-    def _open(cls, cfg, run_dir: RunDir, previous: dict | None) -> "WandbSink":
+    def _open(cls, cfg, run_dir: RunDir, previous: dict | None,
+              context: tuple[str | None, list[str]]) -> "WandbSink":
         previous = previous if previous is not None else previous_record(run_dir)
-        sweep, overrides = _hydra_context()
+        sweep, overrides = context
         logger_chosen = any(o.lstrip("+~").split("=", 1)[0] == "logger" for o in overrides)
         if cfg.logger.name.value != "wandb" and not (cfg.resume and previous and not logger_chosen):
             return cls()

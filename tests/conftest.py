@@ -40,7 +40,7 @@ def tiny_trainer(checkpoints, *overrides, seed=0) -> PPOTrainer:
     language = ToyLanguage.build(0)
     tokenizer = load_tokenizer(sft_dir)
     torch.manual_seed(seed)
-    runtime = Runtime.create(cfg.device, cfg.precision)
+    runtime = Runtime.from_config(cfg)
     lora = cfg.lora.name.value == "on"
     return assemble(cfg, runtime, policy=load_policy(sft_dir, torch.float32),
                     reference=None if lora else load_policy(sft_dir, runtime.compute_dtype),

@@ -30,15 +30,15 @@ if moment == "after_row":
 
     rundir.RunDir.append_metrics = append_then_die
 elif moment == "checkpoint_write":
-    save_trainable, written = checkpoint.save_trainable, []
+    save_file, written = checkpoint.save_file, []
 
-    def save_then_die(module, path):
-        save_trainable(module, path)
+    def save_then_die(tensors, path):
+        save_file(tensors, path)
         written.append(path)
         if len(written) == n:
             die()
 
-    checkpoint.save_trainable = save_then_die
+    checkpoint.save_file = save_then_die
 else:
     raise SystemExit(f"unknown moment {moment!r}")
 

@@ -1,5 +1,5 @@
-"""Several ranks on the CPU (gloo): one DDP update on 2 ranks equals the update on 1 rank, and
-`rlhf-train distributed=ddp distributed.processes=2` runs end to end as one run directory."""
+"""Several ranks on the CPU (gloo): one DDP or FSDP update on 2 ranks equals the update on 1 rank, and
+`rlhf-train distributed=ddp|fsdp distributed.processes=2` runs end to end as one run directory."""
 
 import json
 import os
@@ -31,7 +31,7 @@ RTOL, ATOL = 1e-5, 1e-6
 
 def ranks(n: int, *args: str) -> None:
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, str(TESTS / "ddp_worker.py"), *args],
+    procs = [subprocess.Popen([sys.executable, str(TESTS / "rank_worker.py"), *args],
                               env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n),
                                    "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1",
                                    "MASTER_PORT": str(port)},
@@ -41,14 +41,19 @@ def ranks(n: int, *args: str) -> None:
         assert proc.returncode == 0, err[-3000:]
 
 
+STRATEGIES = {"ddp": ("distributed=ddp",), "fsdp": ("distributed=fsdp",),
+              "fsdp_shard_frozen": ("distributed=fsdp", "distributed.shard_frozen=true")}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("overrides", [
     ("preset=vanilla", "ppo.epochs=2", "ppo.minibatches=2", "adv_norm=whiten", "entropy_bonus=on",
      "kl_penalty=loss", "kl_penalty.loss_coef=0.1", "kl_penalty.estimator=k3"),
     ("preset=ppo_max", "ppo.minibatches=2"),  # ptx loss, value clip, gradient clipping
 ])
-def test_one_ddp_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, overrides):
-    overrides = (*overrides, "distributed=ddp", "distributed.processes=2")
-    one = tiny_trainer(eos_checkpoints, *overrides)  # one process: distributed=ddp runs unwrapped
+def test_one_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, overrides, strategy):
+    overrides = (*overrides, *STRATEGIES[strategy], "distributed.processes=2")
+    one = tiny_trainer(eos_checkpoints, *overrides)  # one process, no process group: unwrapped, unsharded
     torch.manual_seed(3)
     batch = one.rollout()
     rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores), batch.logprobs,
@@ -62,6 +67,7 @@ def test_one_ddp_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, 
 
     ranks(2, *map(str, eos_checkpoints), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt"), *overrides)
     got = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert got["sharded"] == strategy.startswith("fsdp")
     assert any(not torch.equal(got["policy"][k], v) for k, v in before.items())  # the update moved the policy
     for role in ("policy", "critic"):
         state = getattr(one, role).state_dict()
@@ -69,6 +75,15 @@ def test_one_ddp_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, 
             torch.testing.assert_close(value, state[key], rtol=RTOL, atol=ATOL, msg=f"{role} {key}")
     for key, value in expected.items():
         assert got["stats"][key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
+    if strategy.startswith("fsdp"):  # generation gathers the policy's weights once per rollout, not once per step
+        counted = torch.load(tmp_path / "out-gathers.pt", weights_only=True)
+        units, held = counted["units"], counted["held"]
+        assert held["local"] <= held["whole"] / 2 + 64  # each rank holds its half (+ padding of odd sizes)
+        frozen = units["reference"] + units["reward_model"]
+        assert units["policy"] >= 3 and units["critic"] >= 3  # one unit per decoder layer, one for the rest
+        assert frozen == (2 * units["policy"] if strategy == "fsdp_shard_frozen" else 0)
+        assert units["policy"] <= counted["gathers"] <= units["policy"] + units["critic"] + frozen
+        assert counted["gathers"] < units["policy"] * one.cfg.ppo.max_new_tokens  # what each step would cost
 
 
 def test_batches_that_do_not_split_over_the_ranks_are_named_errors():
@@ -78,19 +93,47 @@ def test_batches_that_do_not_split_over_the_ranks_are_named_errors():
         make_config("distributed=none", "distributed.processes=2")
 
 
-@pytest.mark.slow
-def test_two_local_ranks_run_end_to_end_as_one_run(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory) -> Path:
+    """One artefact cache for this module's end-to-end runs (the first builds the tiny SFT model and RM)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def train(cache: Path, run_dir: Path, *overrides: str) -> list[dict]:
     from test_e2e import TINY
 
-    run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *TINY, "distributed=ddp", "distributed.processes=2",
-                          "iterations=3", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *TINY, *overrides, f"cache_dir={cache}",
+                          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "completed"
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert "rank 0" in (run_dir / "train.log").read_text()
+    return read_jsonl(run_dir / "metrics.jsonl")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_local_ranks_run_end_to_end_as_one_run(tiny_cache, tmp_path, strategy):
+    run_dir = tmp_path / "run"
+    rows = train(tiny_cache, run_dir, f"distributed={strategy}", "distributed.processes=2", "iterations=3")
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert rows[0]["length/response_tokens"] > 0
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-000003"
-    assert "rank 0" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_fsdp_resumes_from_its_checkpoint_and_runs_on_one_rank(tiny_cache, tmp_path):
+    """A 2-rank FSDP run stopped after its step-2 checkpoint continues at step 2 (contiguous rows); the
+    checkpoint holds whole tensors, so it also loads into an unsharded model of the same shape."""
+    run_dir = tmp_path / "run"
+    train(tiny_cache, run_dir, "distributed=fsdp", "distributed.processes=2", "iterations=2")
+    rows = train(tiny_cache, run_dir, f"resume={run_dir}", "iterations=4")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "checkpoints" / "step-000004" / "policy.safetensors"))
+    assert weights and all(t.dim() == 0 or t.shape[0] > 1 for t in weights.values())
+    sizes = {name: t.numel() for name, t in weights.items()}
+    one = train(tiny_cache, tmp_path / "one", "distributed=fsdp", "distributed.processes=1", "iterations=2")
+    assert [row["step"] for row in one] == [0, 1]
+    assert {n: t.numel() for n, t in load_file(str(tmp_path / "one" / "checkpoints" / "step-000002" /
+                                                     "policy.safetensors")).items()} == sizes

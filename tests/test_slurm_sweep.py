@@ -61,16 +61,18 @@ def test_smoke_sweep_on_slurm_survives_preemption(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_two_rank_job_on_slurm_survives_preemption(slurm_cluster, tmp_path):
-    """One run as a SLURM job of 2 tasks (2 DDP ranks, gloo): preempted with USR2, requeued, resumed, one run
-    directory with contiguous steps."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_two_rank_job_on_slurm_survives_preemption(slurm_cluster, tmp_path, strategy):
+    """One run as a SLURM job of 2 tasks (2 DDP or FSDP ranks, gloo): preempted with USR2, requeued, resumed,
+    one run directory with contiguous steps."""
     sweep_dir, cache, iterations = tmp_path / "sweep", tmp_path / "cache", 20
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "rlhf_lab.cli", "-m", "arm=ddp", "seed=0", "distributed=ddp", "hydra/launcher=slurm",
+        [sys.executable, "-m", "rlhf_lab.cli", "-m", f"arm={strategy}", "seed=0", f"distributed={strategy}",
+         "hydra/launcher=slurm",
          "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1", *TINY, f"iterations={iterations}",
          "run.checkpoint_every=100", f"cache_dir={cache}", f"hydra.sweep.dir={sweep_dir}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    target = sweep_dir / "ddp,seed=0"
+    target = sweep_dir / f"{strategy},seed=0"
     deadline = time.time() + 400
     while len(read_jsonl(target / "metrics.jsonl")) < 3:
         assert time.time() < deadline and sweep.poll() is None, "the job never got going"

@@ -18,7 +18,6 @@ from analysis.cli import main as report_main
 from analysis.load import _natural_key
 from analysis.wandb_runs import read_attempt, wandb_cli
 from rlhf_lab.rundir import RunDir, read_jsonl
-from rlhf_lab import wandb_sink
 from rlhf_lab.config import Config, LoggerKind
 from rlhf_lab.wandb_sink import WandbSink, sweep_group, trick_tags
 
@@ -231,6 +230,25 @@ def test_report_from_the_wandb_api(sweep, resumed, local_summary, tmp_path, monk
     assert runs["wandb_url"].str.startswith("https://wandb.ai/ent/proj/runs/").all()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_sweep_of_multi_rank_runs_groups_like_one_of_single_rank_runs(tmp_path, cache, wandb_env, strategy):
+    """The ranks `distributed.processes` starts have no Hydra: the sweep's group and the command line reach
+    the writing rank through its Job, so the W&B run is grouped by the sweep, as at one rank."""
+    cwd = tmp_path / "sweep"
+    cwd.mkdir()
+    out = rlhf_train(wandb_env, "-m", "preset=ppo_max", *TINY, "seed=0", "iterations=2", "logger=wandb",
+                     f"distributed={strategy}", "distributed.processes=2", f"cache_dir={cache}",
+                     f"hydra.sweep.dir={cwd / GROUP}", cwd=cwd)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (run_json,) = (cwd / GROUP).glob("*/run.json")
+    info = json.loads(run_json.read_text())
+    assert info["status"] == "completed" and info["wandb"]["group"] == GROUP
+    (offline,) = offline_dirs(run_json.parent)
+    (run,) = [r["run"] for r in inspect(offline) if r["type"] == "run"]
+    assert run["run_group"] == GROUP and run["job_type"] == "ppo_max"
+
+
 def test_sweep_group_is_the_sweep_directory_as_named(tmp_path):
     cwd = tmp_path / "proj"
     (cwd / "multirun").mkdir(parents=True)
@@ -272,10 +290,9 @@ def test_group_precedence(previous, logger_group, sweep, expected, tmp_path, mon
         return FakeWandbRun(tmp_path)
 
     monkeypatch.setattr(wandb, "init", init)
-    monkeypatch.setattr(wandb_sink, "_hydra_context", lambda: (sweep, []))
     cfg = Config()
     cfg.logger.name, cfg.logger.mode, cfg.logger.group = LoggerKind.wandb, "offline", logger_group
-    sink = WandbSink.open(cfg, run_dir, previous)
+    sink = WandbSink.open(cfg, run_dir, previous, context=(sweep, []))
     assert sink.active and asked["group"] == expected
     assert run_dir.read_info()["wandb"]["group"] == expected
 
