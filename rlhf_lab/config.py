@@ -203,11 +203,18 @@ class EntropyBonusConfig:
 @dataclass
 class PolicyClipConfig:
     name: PolicyClip = PolicyClip.ppo  # off (plain surrogate) | ppo (ratio clip eps) | dual (eps and c)
-    eps: float = 0.2  # ratio clip range [1 - eps, 1 + eps]
+    eps: float = 0.2  # ratio clip range [1 - eps, 1 + eps_high]
+    eps_high: Optional[float] = None  # upper clip (DAPO's clip-higher, e.g. 0.28); null: eps
     dual_c: float = 3.0  # dual clip: lower bound c * A on the objective for negative advantages
 
     def __post_init__(self):
         _check(0 < self.eps < 1, "policy_clip.eps", "a number in (0, 1)", self.eps)
+        _check(self.eps_high is None or self.eps_high > 0, "policy_clip.eps_high", "> 0 or null", self.eps_high)
+
+    @property
+    def upper(self) -> float:
+        """The upper clip eps_high, defaulting to eps."""
+        return self.eps if self.eps_high is None else self.eps_high
 
 
 @dataclass
@@ -323,7 +330,8 @@ class ModelConfig:
 
 @dataclass
 class PPOConfig:
-    batch_size: int = 64  # prompts (= rollouts) per PPO iteration
+    batch_size: int = 64  # responses (rollouts) per PPO iteration: batch_size / samples_per_prompt prompts
+    samples_per_prompt: int = 1  # responses sampled per prompt (a group, for group-based baselines); the work per iteration stays batch_size
     max_new_tokens: int = 32  # response length cap
     temperature: float = 1.0  # sampling temperature (log-probs are taken at the same temperature)
     epochs: int = 2  # PPO epochs over each rollout batch
@@ -336,6 +344,9 @@ class PPOConfig:
 
     def __post_init__(self):
         _check(self.batch_size >= 1, "ppo.batch_size", ">= 1", self.batch_size)
+        _check(self.samples_per_prompt >= 1, "ppo.samples_per_prompt", ">= 1", self.samples_per_prompt)
+        _check(self.batch_size % self.samples_per_prompt == 0, "ppo.samples_per_prompt",
+               f"a divisor of ppo.batch_size ({self.batch_size})", self.samples_per_prompt)
         _check(self.max_new_tokens >= 1, "ppo.max_new_tokens", ">= 1", self.max_new_tokens)
         _check(self.temperature > 0, "ppo.temperature", "> 0", self.temperature)
         _check(self.epochs >= 1, "ppo.epochs", ">= 1", self.epochs)

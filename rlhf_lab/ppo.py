@@ -105,28 +105,29 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 # ---------------------------------------------------------------- losses
-def policy_loss_unclipped(logp, old_logp, advantages, mask, eps: float, dual_c: float):
+def policy_loss_unclipped(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float):
     """Plain importance-weighted surrogate -A * ratio. Returns (loss, clipfrac=0) ; shapes (B, R) -> scalars."""
     ratio = torch.exp(logp - old_logp)
     return masked_mean(-advantages * ratio, mask), torch.zeros((), device=logp.device)
 
 
-def policy_loss_ppo(logp, old_logp, advantages, mask, eps: float, dual_c: float):
-    """PPO clipped surrogate: max(-A r, -A clip(r, 1-eps, 1+eps)). Returns (loss, clipfrac)."""
+def policy_loss_ppo(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float):
+    """PPO clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps_high)); eps_high > eps is DAPO's
+    clip-higher (Yu et al. 2025), more room for raising unlikely tokens. Returns (loss, clipfrac)."""
     ratio = torch.exp(logp - old_logp)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - eps, 1 + eps)
+    clipped = -advantages * ratio.clamp(1 - eps, 1 + eps_high)
     return masked_mean(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
 
 
-def policy_loss_dual(logp, old_logp, advantages, mask, eps: float, dual_c: float):
+def policy_loss_dual(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float):
     """Dual-clip PPO (Ye et al. 2020): for A < 0 the PPO loss is also capped at -c * A. Returns (loss, clipfrac).
 
     clipfrac counts tokens where either clip is active.
     """
     ratio = torch.exp(logp - old_logp)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - eps, 1 + eps)
+    clipped = -advantages * ratio.clamp(1 - eps, 1 + eps_high)
     ppo = torch.maximum(unclipped, clipped)
     cap = -dual_c * advantages
     dual = torch.where(advantages < 0, torch.minimum(ppo, cap), ppo)

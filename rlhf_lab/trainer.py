@@ -81,7 +81,8 @@ class PPOTrainer:
     def rollout(self) -> Rollout:
         """Sample and score this rank's share of the batch, then gather the whole batch on every rank."""
         ppo_cfg, tok, runtime = self.cfg.ppo, self.tokenizer, self.runtime
-        prompts = self.prompts.take(ppo_cfg.batch_size)  # the whole batch, the same on every rank
+        group = ppo_cfg.samples_per_prompt  # each prompt `group` times in a row: its responses are a group
+        prompts = [p for p in self.prompts.take(ppo_cfg.batch_size // group) for _ in range(group)]  # every rank
         query_ids, query_mask = self._encode(prompts[runtime.share(len(prompts))])
 
         started = runtime.now()

@@ -111,7 +111,7 @@ class Tricks:
     def policy_loss(self, logp, old_logp, advantages, mask):
         """[policy_clip] surrogate. Returns (loss, clipfrac)."""
         clip = self.cfg.policy_clip
-        return self._policy_loss(logp, old_logp, advantages, mask, clip.eps, clip.dual_c)
+        return self._policy_loss(logp, old_logp, advantages, mask, clip.eps, clip.upper, clip.dual_c)
 
     def kl_loss(self, logp, ref_logp, mask) -> torch.Tensor:
         """[kl_penalty=loss] term: coef * mean per-token KL estimate to the reference (0 when off)."""

@@ -97,27 +97,28 @@ def test_kl_estimators_are_unbiased_or_biased_as_documented():
     assert (ppo.kl_estimate(logp, logq, KLEstimator.k3) >= 0).all()
 
 
-def naive_policy_losses(logp, old, adv, eps, c):
+def naive_policy_losses(logp, old, adv, eps, c, eps_high=None):
     """Per-element reference of the three surrogates (loss to minimise)."""
     ratio = math.exp(logp - old)
-    clipped_ratio = min(max(ratio, 1 - eps), 1 + eps)
+    clipped_ratio = min(max(ratio, 1 - eps), 1 + (eps if eps_high is None else eps_high))
     plain = -adv * ratio
     ppo_loss = max(-adv * ratio, -adv * clipped_ratio)
     dual = min(ppo_loss, -c * adv) if adv < 0 else ppo_loss
     return plain, ppo_loss, dual
 
 
-def test_policy_losses_match_naive_reference():
+@pytest.mark.parametrize("eps_high", [0.2, 0.28])
+def test_policy_losses_match_naive_reference(eps_high):
     torch.manual_seed(2)
     logp, old = torch.randn(4, 6) * 0.5, torch.randn(4, 6) * 0.5
     adv = torch.randn(4, 6) * 2
     mask = mask_of([6, 4, 2, 5], 6)
     eps, c = 0.2, 3.0
-    per = [[naive_policy_losses(logp[b, t].item(), old[b, t].item(), adv[b, t].item(), eps, c)
+    per = [[naive_policy_losses(logp[b, t].item(), old[b, t].item(), adv[b, t].item(), eps, c, eps_high)
             for t in range(6)] for b in range(4)]
     for index, fn in enumerate((ppo.policy_loss_unclipped, ppo.policy_loss_ppo, ppo.policy_loss_dual)):
         expected = sum(per[b][t][index] for b in range(4) for t in range(6) if mask[b, t]) / mask.sum().item()
-        loss, _ = fn(logp, old, adv, mask, eps, c)
+        loss, _ = fn(logp, old, adv, mask, eps, eps_high, c)
         assert loss.item() == pytest.approx(expected, rel=1e-5), fn.__name__
 
 
@@ -128,15 +129,30 @@ def test_ppo_clip_and_dual_clip_by_hand():
     old, adv = torch.zeros(1, 3), torch.tensor([[1.0, -1.0, -1.0]])
     # ppo: max(-2, -1.2) = -1.2 ; max(0.5, 0.8) = 0.8 ; max(5, 1.2) = 5   -> mean 4.6 / 3
     # the clip is active on tokens 0 and 1 (the clipped term is the larger one)
-    loss, clipfrac = ppo.policy_loss_ppo(logp, old, adv, mask, 0.2, 3.0)
+    loss, clipfrac = ppo.policy_loss_ppo(logp, old, adv, mask, 0.2, 0.2, 3.0)
     assert loss.item() == pytest.approx((-1.2 + 0.8 + 5.0) / 3)
     assert clipfrac.item() == pytest.approx(2 / 3)
     # dual: the third token's loss is capped at c * |A| = 3, so a clip is active on every token
-    loss, clipfrac = ppo.policy_loss_dual(logp, old, adv, mask, 0.2, 3.0)
+    loss, clipfrac = ppo.policy_loss_dual(logp, old, adv, mask, 0.2, 0.2, 3.0)
     assert loss.item() == pytest.approx((-1.2 + 0.8 + 3.0) / 3)
     assert clipfrac.item() == pytest.approx(1.0)
-    loss, clipfrac = ppo.policy_loss_unclipped(logp, old, adv, mask, 0.2, 3.0)
+    loss, clipfrac = ppo.policy_loss_unclipped(logp, old, adv, mask, 0.2, 0.2, 3.0)
     assert loss.item() == pytest.approx((-2.0 + 0.5 + 5.0) / 3) and clipfrac.item() == 0
+
+
+def test_clip_higher_by_hand():
+    """eps = 0.2, eps_high = 0.28 (DAPO): a positive advantage may push the ratio to 1.28, not only 1.2; the
+    lower clip is unchanged."""
+    mask = torch.ones(1, 3)
+    logp = torch.log(torch.tensor([[1.25, 2.0, 0.5]]))  # ratios against old log-probs of 0
+    old, adv = torch.zeros(1, 3), torch.tensor([[1.0, 1.0, -1.0]])
+    # token 0: ratio 1.25 inside [0.8, 1.28]: -1.25 (symmetric clip: max(-1.25, -1.2) = -1.2, clipped)
+    # token 1: max(-2, -1.28) = -1.28 ; token 2: max(0.5, 0.8) = 0.8
+    loss, clipfrac = ppo.policy_loss_ppo(logp, old, adv, mask, 0.2, 0.28, 3.0)
+    assert loss.item() == pytest.approx((-1.25 - 1.28 + 0.8) / 3)
+    assert clipfrac.item() == pytest.approx(2 / 3)
+    loss, clipfrac = ppo.policy_loss_ppo(logp, old, adv, mask, 0.2, 0.2, 3.0)
+    assert loss.item() == pytest.approx((-1.2 - 1.2 + 0.8) / 3) and clipfrac.item() == pytest.approx(1.0)
 
 
 def test_value_loss_with_and_without_clipping_by_hand():

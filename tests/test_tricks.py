@@ -222,3 +222,17 @@ def test_global_grad_clip_bounds_the_update_norm(tiny_checkpoints):
     clipped_norm = torch.nn.utils.get_total_norm([p.grad for p in trainer.policy.parameters() if p.grad is not None])
     assert stats["ppo/grad_norm_policy"] > 1e-3  # the logged norm is the norm before clipping
     assert clipped_norm.item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_samples_per_prompt_samples_groups_of_one_prompt(tiny_checkpoints):
+    """ppo.samples_per_prompt=4 at batch 8: 2 prompts (the stream's first two), each 4 times in a row, with
+    responses sampled independently; the batch keeps 8 responses."""
+    grouped = tiny_trainer(tiny_checkpoints, "ppo.samples_per_prompt=4")
+    expected = grouped.prompts.peek(2)
+    torch.manual_seed(0)
+    batch = grouped.rollout()
+    assert batch.prompts == [expected[0]] * 4 + [expected[1]] * 4
+    assert batch.tokens.shape[0] == 8 and len(set(batch.responses[:4])) > 1
+    assert grouped.prompts.peek(1) == tiny_trainer(tiny_checkpoints).prompts.peek(3)[2:]  # 2 prompts taken
+    with pytest.raises(ConfigError, match="ppo.samples_per_prompt"):
+        make_config("ppo.batch_size=8", "ppo.samples_per_prompt=3")
