@@ -1,8 +1,8 @@
 """Resumable checkpoints: trained weights as safetensors, everything else loaded with `weights_only=True`.
 
-checkpoints/step-<N>/ holds policy.safetensors and critic.safetensors (the trainable parameters only: every
-weight in full fine-tuning, the adapters (and the critic's head) with LoRA; frozen weights come from where the
-run loaded them), and state.pt (optimisers, running statistics, KL coefficient, data-stream states, the CPU
+checkpoints/step-<N>/ holds policy.safetensors and critic.safetensors (no critic for a critic-free
+adv_estimator; the trainable parameters only: every weight in full fine-tuning, the adapters (and the critic's
+head) with LoRA; frozen weights come from where the run loaded them), and state.pt (optimisers, running statistics, KL coefficient, data-stream states, the CPU
 and CUDA RNG states, the next step). checkpoints/latest names the newest complete one; it is switched by an
 atomic rename after the folder is fully written, then older ones go.
 """
@@ -28,6 +28,11 @@ def latest(checkpoints: Path) -> Path | None:
     return folder if (folder / "state.pt").exists() else None
 
 
+def trained_roles(trainer: PPOTrainer) -> list[str]:
+    """The roles a checkpoint holds: the policy, and the critic unless the estimator has none."""
+    return ["policy", "critic"] if trainer.critic is not None else ["policy"]
+
+
 def save(trainer: PPOTrainer, checkpoints: Path | None, next_step: int) -> Path | None:
     """Write a checkpoint to continue at `next_step`. Refuses (Diverged) to save non-finite weights, so the
     latest checkpoint is always a good one. Called on every rank: whole tensors are gathered (under FSDP each
@@ -35,17 +40,13 @@ def save(trainer: PPOTrainer, checkpoints: Path | None, next_step: int) -> Path 
     others; every rank holds the same statistics and run random stream) and the others wait for it. The
     files are the same at any world size and under any `distributed` strategy but for the optimiser states,
     which FSDP keys by parameter name."""
-    runtime = trainer.runtime
-    policy, critic = runtime.unwrap(trainer.policy), runtime.unwrap(trainer.critic)
-    for model in (policy, critic):
+    runtime, state = trainer.runtime, {}
+    for role in trained_roles(trainer):
+        model = runtime.unwrap(getattr(trainer, role))
         if not runtime.all_finite(model):
-            raise Diverged(f"non-finite weights in the {'policy' if model is policy else 'critic'}")
-    state = {
-        "policy": runtime.trainable_state(policy),
-        "critic": runtime.trainable_state(critic),
-        "policy_optimizer": runtime.optimizer_state(policy, trainer.policy_optimizer),
-        "critic_optimizer": runtime.optimizer_state(critic, trainer.critic_optimizer),
-    }
+            raise Diverged(f"non-finite weights in the {role}")
+        state[role] = runtime.trainable_state(model)
+        state[f"{role}_optimizer"] = runtime.optimizer_state(model, getattr(trainer, f"{role}_optimizer"))
     folder = _write(trainer, state, checkpoints, next_step) if runtime.is_main else None
     runtime.barrier()
     return folder
@@ -56,12 +57,11 @@ def _write(trainer: PPOTrainer, state: dict, checkpoints: Path, next_step: int) 
     tmp = checkpoints / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(state["policy"], str(tmp / "policy.safetensors"))
-    save_file(state["critic"], str(tmp / "critic.safetensors"))
+    for role in trained_roles(trainer):
+        save_file(state[role], str(tmp / f"{role}.safetensors"))
     torch.save({
         "next_step": next_step,
-        "policy_optimizer": state["policy_optimizer"],
-        "critic_optimizer": state["critic_optimizer"],
+        **{f"{role}_optimizer": state[f"{role}_optimizer"] for role in trained_roles(trainer)},
         "tricks": trainer.tricks.state_dict(),
         "prompts": trainer.prompts.state_dict(),
         "sft_examples": trainer.sft_examples.state_dict() if trainer.sft_examples else None,
@@ -94,12 +94,11 @@ def load(trainer: PPOTrainer, folder: Path) -> int:
     """Restore a trainer from a checkpoint folder, on every rank: each reads the files (state.pt memory-mapped,
     so the ranks of one machine share its pages) and keeps its shards. Returns the step to continue from."""
     runtime = trainer.runtime
-    policy, critic = runtime.unwrap(trainer.policy), runtime.unwrap(trainer.critic)
-    load_trainable(runtime, policy, folder / "policy.safetensors")
-    load_trainable(runtime, critic, folder / "critic.safetensors")
     state = torch.load(folder / "state.pt", weights_only=True, mmap=True)
-    runtime.load_optimizer_state(policy, trainer.policy_optimizer, state["policy_optimizer"])
-    runtime.load_optimizer_state(critic, trainer.critic_optimizer, state["critic_optimizer"])
+    for role in trained_roles(trainer):
+        model = runtime.unwrap(getattr(trainer, role))
+        load_trainable(runtime, model, folder / f"{role}.safetensors")
+        runtime.load_optimizer_state(model, getattr(trainer, f"{role}_optimizer"), state[f"{role}_optimizer"])
     trainer.tricks.load_state_dict(state["tricks"])
     trainer.prompts.load_state_dict(state["prompts"])
     if trainer.sft_examples:

@@ -47,6 +47,29 @@ class AdvNorm(str, enum.Enum):
     off = "off"
     whiten = "whiten"
     center = "center"
+    group_whiten = "group_whiten"
+    group_mean_batch_std = "group_mean_batch_std"
+
+
+class AdvEstimator(str, enum.Enum):
+    gae = "gae"
+    grpo = "grpo"
+    rloo = "rloo"
+    reinforce_pp = "reinforce_pp"
+    remax = "remax"
+
+
+class LossAgg(str, enum.Enum):
+    token_mean = "token_mean"
+    seq_mean_token_sum = "seq_mean_token_sum"
+    seq_mean_token_mean = "seq_mean_token_mean"
+    seq_mean_token_sum_norm = "seq_mean_token_sum_norm"
+
+
+class Overlong(str, enum.Enum):
+    off = "off"
+    filter = "filter"
+    soft_penalty = "soft_penalty"
 
 
 class KLPenalty(str, enum.Enum):
@@ -153,8 +176,44 @@ class RewardClipConfig:
 
 @dataclass
 class AdvNormConfig:
-    name: AdvNorm = AdvNorm.off  # off | whiten (zero mean, unit variance) | center (zero mean)
+    name: AdvNorm = AdvNorm.off  # off | whiten (zero mean, unit variance over the batch's tokens) | center (zero mean) | group_whiten (mean and std over each prompt's group) | group_mean_batch_std (group mean, batch std: Lite PPO)
     eps: float = 1e-8  # added to the variance before the square root
+
+    @property
+    def per_group(self) -> bool:
+        return self.name in (AdvNorm.group_whiten, AdvNorm.group_mean_batch_std)
+
+
+@dataclass
+class AdvEstimatorConfig:
+    name: AdvEstimator = AdvEstimator.gae  # gae (critic) | grpo | rloo | reinforce_pp | remax (critic-free)
+    std_norm: bool = True  # grpo: divide by the group's std (false: Dr. GRPO)
+    eps: float = 1e-6  # grpo: added to the group's std
+
+    @property
+    def uses_critic(self) -> bool:
+        """Only GAE has a critic: the others build, train and checkpoint none."""
+        return self.name == AdvEstimator.gae
+
+
+@dataclass
+class LossAggConfig:
+    name: LossAgg = LossAgg.token_mean  # how token losses become one number (policy loss, entropy bonus, KL loss)
+    length: Optional[int] = None  # seq_mean_token_sum_norm: the constant length divided by (null: ppo.max_new_tokens)
+
+    def __post_init__(self):
+        _check(self.length is None or self.length >= 1, "loss_agg.length", ">= 1 or null", self.length)
+
+
+@dataclass
+class OverlongConfig:
+    name: Overlong = Overlong.off  # off | filter (truncated responses out of the policy loss) | soft_penalty (DAPO)
+    cache: int = 8  # soft_penalty: the last `cache` tokens before the cap, where the penalty ramps from 0 to -coef
+    coef: float = 1.0  # soft_penalty: the penalty at the cap, added to the shaped score
+
+    def __post_init__(self):
+        _check(self.cache >= 1, "overlong.cache", ">= 1", self.cache)
+        _check(self.coef >= 0, "overlong.coef", ">= 0", self.coef)
 
 
 @dataclass
@@ -263,9 +322,9 @@ class PtxLossConfig:
         _check(self.batch_size >= 1, "ptx_loss.batch_size", ">= 1", self.batch_size)
 
 
-TRICK_GROUPS = ("reward_scaling", "reward_norm", "reward_clip", "adv_norm", "adv_clip", "kl_penalty",
-                "entropy_bonus", "policy_clip", "value_clip", "critic_init", "critic_pretrain", "grad_clip",
-                "ptx_loss")
+TRICK_GROUPS = ("reward_scaling", "reward_norm", "reward_clip", "adv_estimator", "adv_norm", "adv_clip",
+                "kl_penalty", "entropy_bonus", "policy_clip", "loss_agg", "overlong", "value_clip", "critic_init",
+                "critic_pretrain", "grad_clip", "ptx_loss")
 
 
 # ---------------------------------------------------------------- task / model / ppo / logger / run
@@ -445,11 +504,14 @@ class Config:
     reward_scaling: RewardScalingConfig = field(default_factory=RewardScalingConfig)
     reward_norm: RewardNormConfig = field(default_factory=RewardNormConfig)
     reward_clip: RewardClipConfig = field(default_factory=RewardClipConfig)
+    adv_estimator: AdvEstimatorConfig = field(default_factory=AdvEstimatorConfig)
     adv_norm: AdvNormConfig = field(default_factory=AdvNormConfig)
     adv_clip: AdvClipConfig = field(default_factory=AdvClipConfig)
     kl_penalty: KLPenaltyConfig = field(default_factory=KLPenaltyConfig)
     entropy_bonus: EntropyBonusConfig = field(default_factory=EntropyBonusConfig)
     policy_clip: PolicyClipConfig = field(default_factory=PolicyClipConfig)
+    loss_agg: LossAggConfig = field(default_factory=LossAggConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
     value_clip: ValueClipConfig = field(default_factory=ValueClipConfig)
     critic_init: CriticInitConfig = field(default_factory=CriticInitConfig)
     critic_pretrain: CriticPretrainConfig = field(default_factory=CriticPretrainConfig)
@@ -512,6 +574,16 @@ def validate(cfg: Config) -> list[str]:
         raise ConfigError("model=toy is built from the toy task; with task=jsonl choose model=hf")
     if cfg.ptx_loss.name == OnOff.on and cfg.task.name == TaskKind.jsonl and not cfg.task.sft_file:
         raise ConfigError("ptx_loss=on with task=jsonl needs task.sft_file (SFT data for the LM loss)")
+    group = cfg.ppo.samples_per_prompt
+    for key, value, needs_group in (("adv_estimator", cfg.adv_estimator.name.value,
+                                     cfg.adv_estimator.name in (AdvEstimator.grpo, AdvEstimator.rloo)),
+                                    ("adv_norm", cfg.adv_norm.name.value, cfg.adv_norm.per_group)):
+        if needs_group and group < 2:
+            raise ConfigError(f"{key}={value} compares the responses to one prompt: it needs "
+                              f"ppo.samples_per_prompt >= 2 (got {group})")
+    if cfg.overlong.name == Overlong.soft_penalty and cfg.overlong.cache >= cfg.ppo.max_new_tokens:
+        raise ConfigError(f"overlong.cache={cfg.overlong.cache} is not allowed: expected fewer than "
+                          f"ppo.max_new_tokens={cfg.ppo.max_new_tokens} tokens")
 
     found = []
     if cfg.reward_scaling.name != RewardScaling.off and cfg.reward_norm.name != RewardNorm.off:
@@ -525,6 +597,14 @@ def validate(cfg: Config) -> list[str]:
         found.append(SUSPICIOUS["value_clip_raw_rewards"])
     if cfg.critic_pretrain.name != CriticPretrain.off and cfg.critic_init.name == CriticInit.random:
         found.append(SUSPICIOUS["pretrain_random_critic"])
+    if not cfg.adv_estimator.uses_critic:
+        unused = [f"{key}={value}" for key, value, used in (
+            ("value_clip", cfg.value_clip.name.value, cfg.value_clip.name == OnOff.on),
+            ("critic_pretrain", cfg.critic_pretrain.name.value, cfg.critic_pretrain.name != CriticPretrain.off),
+            ("critic_init", cfg.critic_init.name.value, cfg.critic_init.name != CriticInit.sft)) if used]
+        if unused:
+            found.append(f"adv_estimator={cfg.adv_estimator.name.value} trains no critic: "
+                         f"{', '.join(unused)} has no effect")
     return found
 
 

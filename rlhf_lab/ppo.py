@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab.config import KLEstimator
+from rlhf_lab.config import KLEstimator, LossAgg
 
 
 # ---------------------------------------------------------------- masked statistics
@@ -105,22 +105,101 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 # ---------------------------------------------------------------- losses
-def policy_loss_unclipped(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float):
+# ---------------------------------------------------------------- critic-free estimators (G = responses per prompt)
+# The batch holds B / G groups of G consecutive responses to one prompt. Each estimator maps the sequence
+# returns R (B,) (the sum of a response's token rewards: its shaped score minus any in-reward KL) to one
+# advantage per response (B,), which every token of the response then carries.
+def grouped(x: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, ...) -> (B / G, G, ...): the batch's groups of `group` consecutive rows."""
+    return x.reshape(x.shape[0] // group, group, *x.shape[1:])
+
+
+def grpo_advantages(returns: torch.Tensor, group: int, std_norm: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): (R - mean of its group) / (std of its group + eps), the std unbiased; without
+    `std_norm` the mean is subtracted only (Dr. GRPO, Liu et al. 2025). (B,) -> (B,)."""
+    g = grouped(returns, group)
+    advantages = g - g.mean(1, keepdim=True)
+    if std_norm:
+        advantages = advantages / (g.std(1, keepdim=True) + eps)
+    return advantages.reshape(-1)
+
+
+def rloo_advantages(returns: torch.Tensor, group: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): R minus the mean of the other G - 1 returns of its group. (B,) -> (B,)."""
+    g = grouped(returns, group)
+    others = (g.sum(1, keepdim=True) - g) / (group - 1)
+    return (g - others).reshape(-1)
+
+
+def remax_advantages(returns: torch.Tensor, greedy_returns: torch.Tensor) -> torch.Tensor:
+    """ReMax (Li et al. 2024): R minus the return of the greedy response to the same prompt. (B,), (B,) -> (B,)."""
+    return returns - greedy_returns
+
+
+def group_whiten(x: torch.Tensor, mask: torch.Tensor, group: int, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit (unbiased) variance over the masked tokens of each group. (B, R) -> (B, R)."""
+    g, m = grouped(x, group).flatten(1), grouped(mask, group).flatten(1)  # (B / G, G * R)
+    mean, n = masked_mean(g, m, dim=1).unsqueeze(1), m.sum(1, keepdim=True)
+    var = (((g - mean) ** 2) * m).sum(1, keepdim=True) / (n - 1).clamp(min=1)
+    return ((g - mean) * torch.rsqrt(var + eps) * m).reshape(x.shape)
+
+
+def group_mean_batch_std(x: torch.Tensor, mask: torch.Tensor, group: int, eps: float = 1e-8) -> torch.Tensor:
+    """Subtract each group's masked token mean, divide by the batch's (unbiased) std of x: Lite PPO's advantage
+    normalisation (Liu et al. 2025, "Tricks or Traps?"). (B, R) -> (B, R)."""
+    g, m = grouped(x, group).flatten(1), grouped(mask, group).flatten(1)
+    centred = ((g - masked_mean(g, m, dim=1).unsqueeze(1)) * m).reshape(x.shape)
+    return centred * torch.rsqrt(masked_var(x, mask) + eps)
+
+
+# ---------------------------------------------------------------- loss aggregation and response length
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: LossAgg, length: int) -> torch.Tensor:
+    """Token losses (B, R) -> one number, over the masked tokens. token_mean: over all tokens;
+    seq_mean_token_sum: the mean over sequences of their sums; seq_mean_token_mean: the mean over sequences of
+    their token means; seq_mean_token_sum_norm: the sum over tokens / (sequences x `length`), a constant length
+    (Dr. GRPO). Sequences with no masked token count for none of the sequence means."""
+    if mode == LossAgg.token_mean:
+        return masked_mean(x, mask)
+    sums, tokens = (x * mask).sum(1), mask.sum(1)
+    sequences = (tokens > 0).sum().clamp(min=1)
+    if mode == LossAgg.seq_mean_token_sum:
+        return sums.sum() / sequences
+    if mode == LossAgg.seq_mean_token_mean:
+        return (sums / tokens.clamp(min=1)).sum() / sequences
+    return sums.sum() / (sequences * length)
+
+
+def aggregation_units(mask: torch.Tensor, mode: LossAgg) -> torch.Tensor:
+    """What `aggregate` averages over: masked tokens (token_mean) or sequences with one (the others). -> 0-d."""
+    return mask.sum() if mode == LossAgg.token_mean else (mask.sum(1) > 0).sum().to(mask.dtype)
+
+
+def soft_overlong_penalty(lengths: torch.Tensor, max_len: int, cache: int, coef: float) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025): 0 up to max_len - cache tokens, then falling linearly
+    to -coef at max_len (and below beyond it). lengths (B,) -> (B,)."""
+    over = (lengths.to(torch.float32) - (max_len - cache)).clamp(min=0)
+    return -coef * over / cache
+
+
+def policy_loss_unclipped(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float,
+                          agg=masked_mean):
     """Plain importance-weighted surrogate -A * ratio. Returns (loss, clipfrac=0) ; shapes (B, R) -> scalars."""
     ratio = torch.exp(logp - old_logp)
-    return masked_mean(-advantages * ratio, mask), torch.zeros((), device=logp.device)
+    return agg(-advantages * ratio, mask), torch.zeros((), device=logp.device)
 
 
-def policy_loss_ppo(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float):
+def policy_loss_ppo(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float,
+                    agg=masked_mean):
     """PPO clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps_high)); eps_high > eps is DAPO's
     clip-higher (Yu et al. 2025), more room for raising unlikely tokens. Returns (loss, clipfrac)."""
     ratio = torch.exp(logp - old_logp)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - eps, 1 + eps_high)
-    return masked_mean(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+    return agg(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
 
 
-def policy_loss_dual(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float):
+def policy_loss_dual(logp, old_logp, advantages, mask, eps: float, eps_high: float, dual_c: float,
+                     agg=masked_mean):
     """Dual-clip PPO (Ye et al. 2020): for A < 0 the PPO loss is also capped at -c * A. Returns (loss, clipfrac).
 
     clipfrac counts tokens where either clip is active.
@@ -132,7 +211,7 @@ def policy_loss_dual(logp, old_logp, advantages, mask, eps: float, eps_high: flo
     cap = -dual_c * advantages
     dual = torch.where(advantages < 0, torch.minimum(ppo, cap), ppo)
     active = (clipped > unclipped) | ((advantages < 0) & (cap < ppo))
-    return masked_mean(dual, mask), masked_mean(active.float(), mask)
+    return agg(dual, mask), masked_mean(active.float(), mask)
 
 
 def value_loss(values, old_values, returns, mask, clip_eps: float | None):

@@ -38,6 +38,9 @@ class RolloutEngine(Protocol):
     def sample(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> Generated:
         """Sample one response per left-padded prompt (B, P)."""
 
+    def greedy(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """The greedy response to each prompt (B, R'), for adv_estimator=remax."""
+
 
 def kv_cache(cache: RolloutCache, device: torch.device) -> str:
     """`rollout.cache` -> "static" or "dynamic" (auto: static on CUDA, where it is compiled; dynamic elsewhere)."""
@@ -112,6 +115,15 @@ class HFGenerate:
         tokens = out[:, query_ids.shape[1]:]
         logprobs, entropy = recorder.result(tokens)
         return Generated(tokens, logprobs, entropy)
+
+    @torch.no_grad()
+    def greedy(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """The greedy (argmax) response to each prompt, (B, R') response ids, pad after the first EOS (ReMax's
+        baseline). Leaves the random streams untouched."""
+        greedy = GenerationConfig(**{**self.gen_config.to_diff_dict(), "do_sample": False, "temperature": None,
+                                     "top_k": None, "top_p": None})
+        out = self.policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=greedy)
+        return out[:, query_ids.shape[1]:]
 
     @torch.no_grad()
     def check(self, query_ids: torch.Tensor, query_mask: torch.Tensor) -> None:

@@ -3,6 +3,9 @@
     prompts -> rollout -> score -> forward passes (policy, reference, critic)
             -> reward shaping -> advantages/returns -> PPO epochs x minibatches -> metrics
 
+A critic-free estimator (adv_estimator != gae) has no critic: `critic` is None, and its passes, its update and
+its metrics are skipped.
+
 Every trick is asked of `Tricks` (rlhf_lab.tricks) at the place it applies, marked [group]. Where the work runs
 (device, precision, offloading, clocks) is asked of `Runtime` (rlhf_lab.runtime); the models arrive as role
 modules (rlhf_lab.roles) and with their optimisers, built by rlhf_lab.build.
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 
 from rlhf_lab import ppo
-from rlhf_lab.config import Config, CriticPretrain, KLEstimator
+from rlhf_lab.config import AdvEstimator, Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
 from rlhf_lab.metrics import fetch, rollout_metrics
 from rlhf_lab.packing import pack, pad_left, response_mask
@@ -48,19 +51,22 @@ class Rollout:
     logprobs: torch.Tensor  # (B, R) policy log-probs of the sampled tokens (0 where mask is 0, like the next three)
     ref_logprobs: torch.Tensor  # (B, R) reference log-probs
     entropy: torch.Tensor  # (B, R) policy entropy per position
-    values: torch.Tensor  # (B, R) critic values
+    values: torch.Tensor  # (B, R) critic values (0 without a critic)
     scores: torch.Tensor  # (B,) reward-model scores
+    finished: torch.Tensor  # (B,) bool: the response ended with EOS (not truncated at ppo.max_new_tokens)
     gold: torch.Tensor | None  # (B,) gold reward (toy task only)
     seconds_generate: float
+    greedy_scores: torch.Tensor | None = None  # (B,) adv_estimator=remax: the greedy response's score
+    greedy_lengths: torch.Tensor | None = None  # (B,) ... and its length in tokens
 
 
 class PPOTrainer:
     """The PPO loop over four role modules: `policy` (Policy) and `critic` (Critic) train with their optimisers;
     `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardModel) are frozen."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, *, policy: nn.Module, reference: nn.Module, critic: nn.Module,
-                 reward_model: nn.Module, policy_optimizer: torch.optim.Optimizer,
-                 critic_optimizer: torch.optim.Optimizer, engine: RolloutEngine, tokenizer, prompts: Stream,
+    def __init__(self, cfg: Config, runtime: Runtime, *, policy: nn.Module, reference: nn.Module,
+                 critic: nn.Module | None, reward_model: nn.Module, policy_optimizer: torch.optim.Optimizer,
+                 critic_optimizer: torch.optim.Optimizer | None, engine: RolloutEngine, tokenizer, prompts: Stream,
                  sft_examples: Stream | None, gold_reward=None):
         self.cfg, self.runtime, self.tokenizer = cfg, runtime, tokenizer
         self.policy, self.reference, self.critic, self.reward_model = policy, reference, critic, reward_model
@@ -86,8 +92,11 @@ class PPOTrainer:
         query_ids, query_mask = self._encode(prompts[runtime.share(len(prompts))])
 
         started = runtime.now()
+        greedy = None
         with runtime.rank_rng(), runtime.autocast(), runtime.gathered(self.policy):  # [fsdp] one all-gather
             generated = self.engine.sample(query_ids, query_mask)  # tokens, their log-probs and entropy, (b, R)
+            if self.cfg.adv_estimator.name == AdvEstimator.remax:  # [adv_estimator=remax] the baseline's response
+                greedy = self.engine.greedy(query_ids, query_mask)
         seconds_generate = runtime.now() - started
         tokens = generated.tokens
         mask = response_mask(tokens, tok.eos_token_id)
@@ -96,15 +105,21 @@ class PPOTrainer:
         n = tokens.shape[1]
 
         packing = pack(ids, attention)  # one packing (rlhf_lab.packing) for the three scoring passes
+        gather = runtime.gather
         # no_grad (the method's), not inference_mode: FSDP's gathered weights are reused by the training passes
         with runtime.borrow(self.reference, self.reward_model):
             scores = self.reward_model(packing)
             ref_logprobs = ppo.logprobs_from_logits(self.reference(packing, n, ppo_cfg.temperature), tokens)
-            values = self.critic(packing, n)
+            values = self.critic(packing, n) if self.critic is not None else torch.zeros_like(ref_logprobs)
+            greedy_scores = greedy_lengths = None
+            if greedy is not None:
+                greedy_mask = response_mask(greedy, tok.eos_token_id)
+                greedy_scores = gather(self.reward_model(pack(torch.cat([query_ids, greedy], dim=1), torch.cat(
+                    [query_mask, greedy_mask.long()], dim=1))))
+                greedy_lengths = gather(greedy_mask.sum(1))
 
         # [ranks] the whole batch on every rank (the identity on one process); prompts padded on the left,
         # responses on the right. The policy's log-probs are those generation sampled from: no second pass.
-        gather = runtime.gather
         query_ids = gather(query_ids, tok.pad_token_id, left=True)
         query_mask = gather(query_mask, 0, left=True)
         logprobs, ref_logprobs = gather(generated.logprobs * mask), gather(ref_logprobs * mask)
@@ -113,13 +128,13 @@ class PPOTrainer:
 
         text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)
         responses = tok.batch_decode(text_tokens, skip_special_tokens=True)
+        finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1)
         gold = None
         if self.gold_reward is not None:
-            finished = ((tokens == tok.eos_token_id) & mask.bool()).any(1).tolist()
-            gold = torch.tensor(self.gold_reward(prompts, responses, finished), device=runtime.device)
+            gold = torch.tensor(self.gold_reward(prompts, responses, finished.tolist()), device=runtime.device)
         return Rollout(prompts, responses, torch.cat([query_ids, tokens], dim=1),
                        torch.cat([query_mask, mask.long()], dim=1), tokens, mask, logprobs, ref_logprobs, entropy,
-                       values, scores, gold, seconds_generate)
+                       values, scores, finished, gold, seconds_generate, greedy_scores, greedy_lengths)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:
@@ -128,11 +143,7 @@ class PPOTrainer:
         started = clock()
         batch = self.rollout()
         rollout_seconds = clock() - started
-
-        shaped_scores = self.tricks.shape_scores(batch.scores)  # [reward_scaling, reward_norm, reward_clip]
-        rewards, _ = self.tricks.token_rewards(shaped_scores, batch.logprobs, batch.ref_logprobs,
-                                               batch.mask)  # [kl_penalty=token|adaptive]
-        advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)  # GAE [adv_norm, adv_clip]
+        shaped_scores, advantages, returns = self.advantages(batch)
 
         train_started = clock()
         train_stats = self.train(batch, advantages, returns)
@@ -147,7 +158,7 @@ class PPOTrainer:
             "adv/mean": ppo.masked_mean(advantages, batch.mask),
             "adv/std": ppo.masked_var(advantages, batch.mask).sqrt(),
             "return/mean": ppo.masked_mean(returns, batch.mask),
-            "value/mean": ppo.masked_mean(batch.values, batch.mask),
+            **({"value/mean": ppo.masked_mean(batch.values, batch.mask)} if self.critic is not None else {}),
         })
         self._check_finite(metrics)
         # [kl_penalty=adaptive] the controller reads the per-sequence KL of the penalty's own estimator
@@ -161,6 +172,23 @@ class PPOTrainer:
         })
         return metrics, batch
 
+    def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reward shaping, then advantages and returns. Returns (shaped scores (B,), advantages, returns (B, R))."""
+        tricks, scores = self.tricks, batch.scores
+        if batch.greedy_scores is not None:  # [adv_estimator=remax] the baseline's scores shaped alike, at once
+            scores = torch.cat([scores, batch.greedy_scores])
+        shaped = tricks.shape_scores(scores)  # [reward_scaling, reward_norm, reward_clip]
+        greedy_returns = None
+        if batch.greedy_scores is not None:
+            shaped, greedy_returns = shaped.split(len(batch.scores))
+            greedy_returns = greedy_returns + tricks.overlong_penalty(batch.greedy_lengths)
+        shaped = shaped + tricks.overlong_penalty(batch.mask.sum(1))  # [overlong=soft_penalty]
+        rewards, _ = tricks.token_rewards(shaped, batch.logprobs, batch.ref_logprobs,
+                                          batch.mask)  # [kl_penalty=token|adaptive]
+        advantages, returns = tricks.advantages(rewards, batch.values, batch.mask,
+                                                greedy_returns)  # [adv_estimator, adv_norm, adv_clip]
+        return shaped, advantages, returns
+
     # ================================================================ PPO epochs x minibatches
     def train(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
               update_policy: bool = True) -> dict[str, torch.Tensor]:
@@ -168,6 +196,7 @@ class PPOTrainer:
         inside the loop; the caller checks them for non-finite values once, see `_check_finite`)."""
         ppo_cfg, tricks, runtime = self.cfg.ppo, self.tricks, self.runtime
         n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
+        policy_mask = tricks.policy_mask(batch.mask, batch.finished)  # [overlong=filter]
         sums: dict[str, torch.Tensor] = {}
         for _ in range(ppo_cfg.epochs):
             order = torch.randperm(ppo_cfg.batch_size, device=runtime.device)  # the same on every rank
@@ -175,33 +204,37 @@ class PPOTrainer:
                 minibatch = order[start:start + size]
                 mb = minibatch[runtime.share(size)]  # [ranks] this rank's part of the minibatch
                 mask = batch.mask[mb]
-                # [ranks] each token mean below is over this rank's part; DDP averages the ranks' gradients,
-                # so weighting by the part's share of the minibatch's tokens x ranks gives the minibatch's
-                # token mean (exactly 1 on one process)
-                weight = mask.sum() * runtime.world_size / batch.mask[minibatch].sum()
+                # [ranks] each mean below is over this rank's part; DDP averages the ranks' gradients, so
+                # weighting by the part's share of the minibatch's tokens (the policy's: its [loss_agg] units)
+                # x ranks gives the minibatch's mean (exactly 1 on one process)
                 packing = pack(batch.ids[mb], batch.attention[mb])  # shared by the policy and the critic
                 stats = {}
                 if update_policy:
-                    stats.update(self.policy_update(packing, batch.tokens[mb], mask, batch.logprobs[mb],
+                    units = ppo.aggregation_units(policy_mask[mb], tricks.loss_agg) * runtime.world_size
+                    weight = units / ppo.aggregation_units(policy_mask[minibatch], tricks.loss_agg).clamp(min=1)
+                    stats.update(self.policy_update(packing, batch.tokens[mb], policy_mask[mb], batch.logprobs[mb],
                                                     batch.ref_logprobs[mb], advantages[mb], n, weight))
-                # ---- critic: value loss [value_clip], [grad_clip]
-                values = self.critic(packing, n)
-                value_loss, value_clipfrac = tricks.value_loss(values, batch.values[mb], returns[mb], mask)
-                value_loss = weight * value_loss
-                stats["ppo/value_loss"] = value_loss.detach()
-                stats["ppo/value_clipfrac"] = weight * value_clipfrac
-                stats["ppo/grad_norm_critic"] = self._optimise(self.critic, self.critic_optimizer, value_loss)
+                if self.critic is not None:  # ---- critic: value loss [value_clip], [grad_clip]
+                    weight = mask.sum() * runtime.world_size / batch.mask[minibatch].sum()
+                    values = self.critic(packing, n)
+                    value_loss, value_clipfrac = tricks.value_loss(values, batch.values[mb], returns[mb], mask)
+                    value_loss = weight * value_loss
+                    stats["ppo/value_loss"] = value_loss.detach()
+                    stats["ppo/value_clipfrac"] = weight * value_clipfrac
+                    stats["ppo/grad_norm_critic"] = self._optimise(self.critic, self.critic_optimizer, value_loss)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
         steps = ppo_cfg.epochs * ppo_cfg.minibatches
         means = runtime.mean_over_ranks({key: value / steps for key, value in sums.items()})
-        means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask)
+        if self.critic is not None:
+            means["ppo/explained_var"] = ppo.explained_variance(batch.values, returns, batch.mask)
         return means
 
     def policy_update(self, packing, tokens, mask, old_logprobs, ref_logprobs, advantages, n: int,
                       weight: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
-        """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss. `weight`
-        scales the token means of this rank's part of the minibatch (see `train`)."""
+        """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss, each token loss
+        aggregated by [loss_agg] over `mask` (the policy's: [overlong=filter] drops truncated responses).
+        `weight` scales the means of this rank's part of the minibatch (see `train`)."""
         tricks = self.tricks
         logits = self.policy(packing, n, self.cfg.ppo.temperature)  # (B, R, V)
         if tricks.entropy_coef:
@@ -213,7 +246,7 @@ class PPOTrainer:
         loss = policy_loss
         entropy_bonus = torch.zeros((), device=logprobs.device)
         if tricks.entropy_coef:  # [entropy_bonus]
-            entropy_bonus = tricks.entropy_coef * ppo.masked_mean(entropy, mask)
+            entropy_bonus = tricks.entropy_coef * tricks.aggregate(entropy, mask)
             loss = loss - entropy_bonus
         loss = weight * (loss + tricks.kl_loss(logprobs, ref_logprobs, mask))  # [kl_penalty=loss]
         ptx_loss = torch.zeros((), device=logprobs.device)
@@ -262,14 +295,12 @@ class PPOTrainer:
         The running reward statistics warm up on these rollouts too. Returns the per-iteration value stats.
         """
         pre = self.cfg.critic_pretrain
-        if pre.name == CriticPretrain.off:
+        if pre.name == CriticPretrain.off or self.critic is None:
             return []
         history = []
         for _ in range(pre.steps):
             batch = self.rollout()
-            shaped = self.tricks.shape_scores(batch.scores)
-            rewards, _ = self.tricks.token_rewards(shaped, batch.logprobs, batch.ref_logprobs, batch.mask)
-            advantages, returns = self.tricks.advantages(rewards, batch.values, batch.mask)
+            _, advantages, returns = self.advantages(batch)
             stats = fetch(self.train(batch, advantages, returns, update_policy=False))
             self._check_finite(stats)
             history.append(stats)

@@ -1,18 +1,20 @@
 """The PPO tricks, chosen by their config groups. The trainer asks `Tricks`; it never tests trick names.
 
 Groups with several behaviours map their option names to small functions (the tables SCALINGS,
-NORMALISATIONS, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus one table entry plus
-its YAML file; on/off groups select a coefficient or a bound that is neutral when off (0 or infinity).
+NORMALISATIONS, OUTCOME_BASELINES, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus
+one table entry plus its YAML file; on/off groups select a coefficient or a bound that is neutral when off (0 or infinity).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from rlhf_lab import ppo
-from rlhf_lab.config import (AdvNorm, Config, KLPenalty, OnOff, PolicyClip, RewardNorm, RewardScaling)
+from rlhf_lab.config import (AdvEstimator, AdvNorm, Config, KLPenalty, OnOff, Overlong, PolicyClip, RewardNorm,
+                             RewardScaling)
 
 
 # ---------------------------------------------------------------- sequence-score transforms, (B,) -> (B,)
@@ -42,14 +44,26 @@ SCALINGS = {RewardScaling.off: _identity, RewardScaling.running_std: scale_by_ru
 NORMALISATIONS = {RewardNorm.off: _identity, RewardNorm.running: normalise_running, RewardNorm.batch: normalise_batch}
 
 
+# ---------------------------------------------------------------- critic-free advantages, returns (B,) -> (B,)
+# (returns, group size, the greedy responses' returns (remax), the adv_estimator config) -> advantages
+OUTCOME_BASELINES = {
+    AdvEstimator.grpo: lambda ret, group, greedy, est: ppo.grpo_advantages(ret, group, est.std_norm, est.eps),
+    AdvEstimator.rloo: lambda ret, group, greedy, est: ppo.rloo_advantages(ret, group),
+    AdvEstimator.remax: lambda ret, group, greedy, est: ppo.remax_advantages(ret, greedy),
+}
+
+
 # ---------------------------------------------------------------- advantage transforms, (B, R) -> (B, R)
-def _masked_only(adv: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
+def _masked_only(adv: torch.Tensor, mask: torch.Tensor, eps: float, group: int) -> torch.Tensor:
     return adv * mask
 
 
 ADV_NORMS = {AdvNorm.off: _masked_only,
-             AdvNorm.whiten: lambda adv, mask, eps: ppo.whiten(adv, mask, eps),
-             AdvNorm.center: lambda adv, mask, eps: ppo.center(adv, mask)}
+             AdvNorm.whiten: lambda adv, mask, eps, group: ppo.whiten(adv, mask, eps),
+             AdvNorm.center: lambda adv, mask, eps, group: ppo.center(adv, mask),
+             AdvNorm.group_whiten: lambda adv, mask, eps, group: ppo.group_whiten(adv, mask, group, eps),
+             AdvNorm.group_mean_batch_std: lambda adv, mask, eps, group: ppo.group_mean_batch_std(adv, mask, group,
+                                                                                                  eps)}
 
 POLICY_LOSSES = {PolicyClip.off: ppo.policy_loss_unclipped, PolicyClip.ppo: ppo.policy_loss_ppo,
                  PolicyClip.dual: ppo.policy_loss_dual}
@@ -85,6 +99,10 @@ class Tricks:
         self.value_clip_eps = cfg.value_clip.eps if cfg.value_clip.name == OnOff.on else None
         self.max_grad_norm = cfg.grad_clip.max_norm if cfg.grad_clip.name.value == "global" else math.inf
         self.ptx_coef = cfg.ptx_loss.coef if cfg.ptx_loss.name == OnOff.on else 0.0
+        self.loss_agg = cfg.loss_agg.name
+        # [loss_agg] token losses (B, R) -> one number: the policy loss, entropy bonus and KL loss
+        self.aggregate = functools.partial(ppo.aggregate, mode=cfg.loss_agg.name,
+                                           length=cfg.loss_agg.length or cfg.ppo.max_new_tokens)
         self.return_stats = ppo.RunningMoments()  # reward_scaling=running_std
         self.score_stats = ppo.RunningMoments()  # reward_norm=running
 
@@ -95,29 +113,56 @@ class Tricks:
         scores = self._normalise(scores, self.score_stats, self.cfg.reward_norm.eps)
         return scores.clamp(-self.score_clip, self.score_clip)
 
+    def overlong_penalty(self, lengths: torch.Tensor) -> torch.Tensor:
+        """[overlong=soft_penalty] the penalty added to each shaped score (0 otherwise). (B,) -> (B,)."""
+        overlong, cap = self.cfg.overlong, self.cfg.ppo.max_new_tokens
+        if overlong.name != Overlong.soft_penalty:
+            return torch.zeros(lengths.shape, device=lengths.device)
+        return ppo.soft_overlong_penalty(lengths, cap, overlong.cache, overlong.coef)
+
+    def policy_mask(self, mask: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        """[overlong=filter] the tokens the policy losses see: a truncated response's (finished False) none.
+        (B, R), (B,) -> (B, R)."""
+        if self.cfg.overlong.name != Overlong.filter:
+            return mask
+        return mask * finished.unsqueeze(1).to(mask.dtype)
+
     def token_rewards(self, scores, logp, ref_logp, mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token rewards with the in-reward KL penalty [kl_penalty]. Returns (rewards, kl), both (B, R)."""
         kl = ppo.kl_estimate(logp, ref_logp, self.kl_estimator) * mask
         return ppo.token_rewards(scores, kl, mask, self.kl_ctl.coef), kl
 
     # ------------------------------------------------------------ advantages
-    def advantages(self, rewards, values, mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """GAE, then [adv_norm], then [adv_clip]. Returns (advantages, returns), both (B, R)."""
-        advantages, returns = ppo.gae(rewards, values, mask, self.cfg.ppo.gamma, self.cfg.ppo.lam)
-        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps)
+    def advantages(self, rewards, values, mask, greedy_returns=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """[adv_estimator], then [adv_norm], then [adv_clip]. Returns (advantages, returns), both (B, R).
+        gae: with the critic's values (B, R). reinforce_pp: the reward-to-go (GAE with no values, lambda 1),
+        whitened over the batch. grpo, rloo, remax: a baseline subtracted from each response's return (the sum
+        of its token rewards), the result on every token; remax's baseline is `greedy_returns` (B,)."""
+        est, ppo_cfg = self.cfg.adv_estimator, self.cfg.ppo
+        group = ppo_cfg.samples_per_prompt
+        if est.name == AdvEstimator.gae:
+            advantages, returns = ppo.gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
+        elif est.name == AdvEstimator.reinforce_pp:
+            returns, _ = ppo.gae(rewards, torch.zeros_like(rewards), mask, ppo_cfg.gamma, 1.0)
+            advantages = ppo.whiten(returns, mask)
+        else:
+            sequence = (rewards * mask).sum(1)
+            advantages = OUTCOME_BASELINES[est.name](sequence, group, greedy_returns, est).unsqueeze(1) * mask
+            returns = sequence.unsqueeze(1) * mask
+        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps, group)
         return advantages.clamp(-self.adv_clip, self.adv_clip), returns
 
     # ------------------------------------------------------------ losses
     def policy_loss(self, logp, old_logp, advantages, mask):
         """[policy_clip] surrogate. Returns (loss, clipfrac)."""
         clip = self.cfg.policy_clip
-        return self._policy_loss(logp, old_logp, advantages, mask, clip.eps, clip.upper, clip.dual_c)
+        return self._policy_loss(logp, old_logp, advantages, mask, clip.eps, clip.upper, clip.dual_c, self.aggregate)
 
     def kl_loss(self, logp, ref_logp, mask) -> torch.Tensor:
         """[kl_penalty=loss] term: coef * mean per-token KL estimate to the reference (0 when off)."""
         if self.kl_loss_coef == 0:
             return torch.zeros((), device=logp.device)
-        return self.kl_loss_coef * ppo.masked_mean(ppo.kl_estimate(logp, ref_logp, self.kl_estimator), mask)
+        return self.kl_loss_coef * self.aggregate(ppo.kl_estimate(logp, ref_logp, self.kl_estimator), mask)
 
     def value_loss(self, values, old_values, returns, mask):
         """[value_clip] value loss. Returns (loss, clipfrac)."""

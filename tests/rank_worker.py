@@ -21,7 +21,8 @@ saved = torch.load(batch_file, weights_only=False)
 torch.manual_seed(saved["seed"])  # the minibatch order: the same on every rank, and as on one rank
 stats = trainer.train(saved["batch"], saved["advantages"], saved["returns"])
 runtime = trainer.runtime
-policy, critic = (runtime.trainable_state(runtime.unwrap(role)) for role in (trainer.policy, trainer.critic))
+policy, critic = (runtime.trainable_state(runtime.unwrap(role)) if role is not None else {}
+                  for role in (trainer.policy, trainer.critic))
 if runtime.is_main:
     torch.save({"policy": policy, "critic": critic, "sharded": runtime.shards,
                 "stats": {k: float(v) for k, v in stats.items()}}, out_file)
@@ -45,7 +46,7 @@ if runtime.shards:
     trainer.rollout()
     torch.distributed.all_gather_single = all_gather
     units = {role: sum(isinstance(m, FSDPModule) for m in getattr(trainer, role).modules())
-             for role in ("policy", "critic", "reference", "reward_model")}
+             if getattr(trainer, role) is not None else 0 for role in ("policy", "critic", "reference", "reward_model")}
 if runtime.is_main and runtime.shards:
     torch.save({"gathers": len(gathers), "units": units, "held": held}, out_file.replace(".pt", "-gathers.pt"))
 runtime.barrier()

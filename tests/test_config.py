@@ -15,7 +15,9 @@ from rlhf_lab.config import TRICK_GROUPS, ConfigError, register_schema, to_confi
 from rlhf_lab.paths import conf_dir
 
 register_schema()
-PRESETS = ("vanilla", "ppo_max")
+PRESETS = tuple(sorted(p.stem for p in (conf_dir() / "preset").glob("*.yaml")))
+GROUP_OPTIONS = {("adv_estimator", "grpo"), ("adv_estimator", "rloo"), ("adv_norm", "group_whiten"),
+                 ("adv_norm", "group_mean_batch_std")}  # they compare the responses to one prompt
 OPTIONS = {group: sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) for group in TRICK_GROUPS}
 
 
@@ -29,6 +31,11 @@ def test_every_trick_group_has_its_options():
     assert OPTIONS["policy_clip"] == ["dual", "off", "ppo"]
     assert OPTIONS["critic_init"] == ["random", "reward_model", "sft"]
     assert OPTIONS["critic_pretrain"] == ["converge", "off", "steps"]
+    assert OPTIONS["adv_estimator"] == ["gae", "grpo", "reinforce_pp", "remax", "rloo"]
+    assert OPTIONS["loss_agg"] == ["seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+                                   "token_mean"]
+    assert OPTIONS["overlong"] == ["filter", "off", "soft_penalty"]
+    assert set(PRESETS) >= {"vanilla", "ppo_max", "grpo", "dr_grpo", "lite_ppo", "reinforce_pp"}
     assert all(options for options in OPTIONS.values())
 
 
@@ -42,19 +49,21 @@ def test_every_option_file_has_a_comment_line():
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in OPTIONS.items() for o in opts])
 def test_every_option_composes_after_every_preset(preset, group, option):
-    cfg = to_config(composed(f"preset={preset}", f"{group}={option}"))
+    groups = ["ppo.samples_per_prompt=2"] if (group, option) in GROUP_OPTIONS else []
+    cfg = to_config(composed(f"preset={preset}", f"{group}={option}", *groups))
     assert cfg.tricks()[group] == option
 
 
 def test_presets_choose_every_group():
     vanilla, ppo_max = to_config(composed("preset=vanilla")), to_config(composed("preset=ppo_max"))
     assert set(vanilla.tricks()) == set(TRICK_GROUPS)
-    assert vanilla.tricks() == {g: ("ppo" if g == "policy_clip" else "sft" if g == "critic_init" else "off")
-                                for g in TRICK_GROUPS}
+    assert vanilla.tricks() == {g: {"policy_clip": "ppo", "critic_init": "sft", "adv_estimator": "gae",
+                                    "loss_agg": "token_mean"}.get(g, "off") for g in TRICK_GROUPS}
     assert ppo_max.tricks() == {
-        "reward_scaling": "off", "reward_norm": "running", "reward_clip": "on", "adv_norm": "whiten",
-        "adv_clip": "off", "kl_penalty": "token", "entropy_bonus": "off", "policy_clip": "ppo", "value_clip": "on",
-        "critic_init": "reward_model", "critic_pretrain": "steps", "grad_clip": "global", "ptx_loss": "on"}
+        "reward_scaling": "off", "reward_norm": "running", "reward_clip": "on", "adv_estimator": "gae",
+        "adv_norm": "whiten", "adv_clip": "off", "kl_penalty": "token", "entropy_bonus": "off", "policy_clip": "ppo",
+        "loss_agg": "token_mean", "overlong": "off", "value_clip": "on", "critic_init": "reward_model",
+        "critic_pretrain": "steps", "grad_clip": "global", "ptx_loss": "on"}
     assert to_config(composed()).tricks() == ppo_max.tricks()  # ppo_max is the default
 
 
