@@ -1,6 +1,7 @@
 """The README's science table: per arm, mean +- sd over runs (testbed instances x PPO seeds) of the final (mean
 of the last 10 iterations) proxy reward, peak and final gold reward, KL, perplexity, length and repeated-bigram
-fraction, plus the SFT policy's values (iteration 0 of every run) and how many runs the collapse detector flags;
+fraction, the median seconds per iteration, plus the SFT policy's values (iteration 0 of every run) and how
+many runs the collapse detector flags;
 then, per testbed instance (`task.language_seed`), the arms' final KL and gold and the effects the science test
 asserts: vanilla's KL over ppo_max's, and ppo_max's gold minus vanilla's.
 
@@ -24,28 +25,30 @@ def cell(values) -> str:
 
 def main(paths: list[str]) -> None:
     runs, traces = load_runs(paths)
-    wide = wide_traces(traces, list(COLUMNS)).reset_index().sort_values(["run_id", "step"])
+    wide = wide_traces(traces, [*COLUMNS, "perf/iter_seconds"]).reset_index().sort_values(["run_id", "step"])
     arm_of = runs.set_index("run_id")["arm"]
     final = wide.groupby("run_id").tail(10).groupby("run_id")[list(COLUMNS)].mean()
     initial = wide[wide["step"] == 0].set_index("run_id")[list(COLUMNS)]
     final["peak gold"] = wide.groupby("run_id")["reward/gold_mean"].apply(
         lambda s: s.rolling(5, center=True).mean().max())
+    final["s/it"] = wide.groupby("run_id")["perf/iter_seconds"].median()
     stability = run_stability(runs, traces).set_index("run_id")
     collapsed = arm_summary(run_stability(runs, traces)).set_index("arm")["collapse_frac"]
 
     header = ["arm (runs)", "final proxy", "peak gold", "final gold", "final KL (k1)", "final ppl", "final length",
-              "final repeat", "collapsed"]
+              "final repeat", "s/it", "collapsed"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     sft = [cell(initial[m]) for m in COLUMNS]
     print(f"| SFT policy (iteration 0, all runs) | {sft[0]} | – | {sft[1]} | {sft[2]} | {sft[3]} | {sft[4]} | "
-          f"{sft[5]} | – |")
+          f"{sft[5]} | – | – |")
     for arm, group in final.groupby(arm_of):
         row = [cell(group[m]) for m in ("reward/proxy_mean", "peak gold", "reward/gold_mean", "kl/ref_k1",
-                                        "ppl/policy", "length/response_mean", "diversity/repeat_ngram_frac")]
+                                        "ppl/policy", "length/response_mean", "diversity/repeat_ngram_frac",
+                                        "s/it")]
         print(f"| {arm} ({len(group)}) | " + " | ".join(row) + f" | {collapsed[arm]:.0%} |")
 
-    if INSTANCE not in runs or runs[INSTANCE].nunique() < 2:
+    if INSTANCE not in runs or runs[INSTANCE].nunique() < 2 or not {"vanilla", "ppo_max"} <= set(arm_of):
         return
     final["arm"], final["instance"] = arm_of, runs.set_index("run_id")[INSTANCE]
     final["collapsed"] = stability["collapsed"]
