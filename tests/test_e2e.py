@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_config
+from rlhf_lab.config import TRICK_GROUPS
 from rlhf_lab.rundir import read_jsonl
 from rlhf_lab.train import arm_label
 
@@ -49,7 +50,8 @@ def test_run_directory_contract(finished_run):
     info = json.loads((finished_run / "run.json").read_text())
     assert info["schema_version"] == 1 and info["status"] == "completed"
     assert info["seed"] == 7 and info["arm"] == "tiny" and info["preset"] == "ppo_max"
-    assert info["tricks"]["kl_penalty"] == "token" and len(info["tricks"]) == 13
+    assert info["tricks"]["kl_penalty"] == "token" and info["tricks"]["adv_estimator"] == "gae"
+    assert set(info["tricks"]) == set(TRICK_GROUPS) and len(TRICK_GROUPS) == 16
     assert info["started_at"] <= info["finished_at"]
     assert {"torch", "transformers", "python"} <= set(info["versions"])
     assert (finished_run / ".hydra" / "config.yaml").exists() and (finished_run / ".hydra" / "overrides.yaml").exists()
