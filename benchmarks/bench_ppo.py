@@ -35,7 +35,9 @@ def main() -> None:
     trainer = build_trainer(cfg)
     print(f"setup (stages from cache or built, models loaded): {time.perf_counter() - started:.1f} s")
     print(f"config: preset tricks {cfg.tricks()}")
-    print(f"batch {cfg.ppo.batch_size} prompts x {cfg.ppo.max_new_tokens} new tokens, "
+    models = 3 + (trainer.critic is not None)  # policy, reference, reward model, and the critic if any
+    print(f"{models} models loaded (adv_estimator={cfg.adv_estimator.name.value}); batch {cfg.ppo.batch_size} "
+          f"responses ({cfg.ppo.samples_per_prompt} per prompt) x {cfg.ppo.max_new_tokens} new tokens, "
           f"{cfg.ppo.epochs} epochs x {cfg.ppo.minibatches} minibatches, torch threads {torch.get_num_threads()}")
     rows = []
     for i in range(args.warmup + args.iterations):
