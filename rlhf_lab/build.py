@@ -1,5 +1,6 @@
 """From a config to a ready `PPOTrainer`: the runtime (device and precision are checked before any model
-loads), the toy stages, the four models (three for a critic-free estimator), what is done to them (LoRA, gradient checkpointing), their roles on
+loads), the toy stages, the four models (three for a critic-free estimator; K reward models for an
+ensemble; the reference the `reference` group names), what is done to them (LoRA, gradient checkpointing), their roles on
 the runtime, the optimisers and the rollout engine.
 
 `build_trainer(cfg)` loads everything; `assemble(cfg, runtime, ...)` takes models already loaded (tests and
@@ -12,12 +13,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_lab.config import Config, ConfigError, Distributed, OnOff, TaskKind
+from rlhf_lab.config import Config, ConfigError, Distributed, OnOff, Reference, RewardEnsemble, TaskKind
 from rlhf_lab.data import Stream, prompt_stream, sft_stream
 from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
-                             make_critic, quiet_transformers, with_lora)
+                             make_critic, quiet_transformers, weight_soup, with_lora)
 from rlhf_lab.paths import cache_dir
-from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardModel, check_forward, hf_model
+from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardEnsemble, RewardModel, check_forward, hf_model
 from rlhf_lab.rollout import HFGenerate, generation_config, kv_cache
 from rlhf_lab.runtime import Runtime
 from rlhf_lab.trainer import PPOTrainer
@@ -39,9 +40,14 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         if runtime.is_main:
             runtime.barrier()
         policy_path, rm_path, language = artefacts.sft_dir, artefacts.rm_dir, artefacts.language
+        rm_paths, reference_paths = artefacts.rm_dirs, [artefacts.reference_dir]
         gold = GoldReward(language)
     else:
         policy_path, rm_path = cfg.model.policy, cfg.model.reward_model
+        ensemble = cfg.reward_ensemble.name != RewardEnsemble.off
+        rm_paths = list(cfg.reward_ensemble.reward_models) if ensemble else [rm_path]
+        reference_paths = {Reference.sft: [policy_path], Reference.soup: [policy_path, cfg.reference.soup_with],
+                           Reference.dpo: [cfg.reference.path]}[cfg.reference.name]
     tokenizer = load_tokenizer(policy_path)
     lora = cfg.lora.name == OnOff.on
     torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
@@ -49,10 +55,10 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
     return assemble(
         cfg, runtime,
         policy=load_policy(policy_path, torch.float32),
-        reference=None if lora else load_policy(policy_path, runtime.compute_dtype),
+        reference=None if lora else load_reference(reference_paths, cfg.reference.soup_weight, runtime.compute_dtype),
         critic=(make_critic(cfg.critic_init.name, policy_path, rm_path, tokenizer.pad_token_id, torch.float32)
                 if cfg.adv_estimator.uses_critic else None),  # [adv_estimator] critic-free: 3 models
-        reward_model=load_reward_model(rm_path, runtime.compute_dtype),
+        reward_model=[load_reward_model(path, runtime.compute_dtype) for path in rm_paths],  # [reward_ensemble]
         tokenizer=tokenizer,
         prompts=prompt_stream(cfg, language),
         sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
@@ -61,10 +67,11 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
 
 
 def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, reference: PreTrainedModel | None,
-             critic: PreTrainedModel | None, reward_model: PreTrainedModel, tokenizer, prompts: Stream,
-             sft_examples: Stream | None = None, gold_reward=None) -> PPOTrainer:
+             critic: PreTrainedModel | None, reward_model: PreTrainedModel | list[PreTrainedModel], tokenizer,
+             prompts: Stream, sft_examples: Stream | None = None, gold_reward=None) -> PPOTrainer:
     """Loaded models -> a trainer. `reference` is None under lora=on: it is the policy without its adapters.
-    A critic-free estimator (adv_estimator != gae) uses no critic: `critic` is then dropped (or None)."""
+    A critic-free estimator (adv_estimator != gae) uses no critic: `critic` is then dropped (or None).
+    `reward_model` is one model or, for [reward_ensemble], the list of members (their number checked)."""
     lora = cfg.lora.name == OnOff.on
     if lora and reference is not None:
         raise ValueError("lora=on: the reference is the policy with its adapters disabled; pass reference=None")
@@ -72,7 +79,11 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
         critic = None
     elif critic is None:
         raise ValueError(f"adv_estimator={cfg.adv_estimator.name.value} trains a critic: pass one")
-    for frozen in (reference, reward_model):
+    reward_models = list(reward_model) if isinstance(reward_model, (list, tuple)) else [reward_model]
+    if len(reward_models) != cfg.reward_ensemble.members:
+        raise ValueError(f"reward_ensemble={cfg.reward_ensemble.name.value} scores with "
+                         f"{cfg.reward_ensemble.members} reward models: got {len(reward_models)}")
+    for frozen in (reference, *reward_models):
         if frozen is not None:
             frozen.requires_grad_(False)
     if lora:  # [lora]
@@ -81,11 +92,11 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
             critic = with_lora(critic, cfg.lora, "SEQ_CLS")
     policy_role, critic_role = Policy(policy), Critic(critic) if critic is not None else None
     reference_role = AdapterFreePolicy(policy_role) if lora else Policy(reference)
-    reward_role = RewardModel(reward_model)
+    reward_role = RewardEnsemble([RewardModel(model) for model in reward_models])
     trainable_roles = [role for role in (policy_role, critic_role) if role is not None]
     for role in (*trainable_roles, reference_role, reward_role):
         role.eval()  # always: dropout would make the PPO ratio != 1 and the KL != 0 on unchanged weights
-    for model in (policy, reference, critic, reward_model):
+    for model in (policy, reference, critic, *reward_models):
         if model is not None:
             check_forward(model)
     if cfg.model.gradient_checkpointing:  # after eval(): see enable_gradient_checkpointing
@@ -116,10 +127,11 @@ def check_ranks(cfg: Config, world_size: int) -> None:
     if world_size > 1 and cfg.distributed.name == Distributed.none:
         raise ConfigError(f"distributed=none is not allowed with {world_size} ranks (a launcher started them); "
                           f"expected distributed=ddp or fsdp")
-    size = cfg.ppo.batch_size // cfg.ppo.minibatches
+    size = cfg.train_rows // cfg.ppo.minibatches  # [policy_filter] of the responses kept
     if size % world_size:
         raise ConfigError(f"ppo.batch_size={cfg.ppo.batch_size} is not allowed with {cfg.ppo.minibatches} "
-                          f"minibatches on {world_size} ranks: expected each minibatch ({size}) to split evenly")
+                          f"minibatches of {cfg.train_rows} trained responses on {world_size} ranks: expected "
+                          f"each minibatch ({size}) to split evenly")
     if cfg.ptx_loss.name == OnOff.on and cfg.ptx_loss.batch_size % world_size:
         raise ConfigError(f"ptx_loss.batch_size={cfg.ptx_loss.batch_size} is not allowed on {world_size} ranks: "
                           f"expected a multiple of {world_size}")
@@ -130,3 +142,15 @@ def adamw(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Opti
     parameters instead of ~10 small ops per tensor (the same update)."""
     return torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr,
                              weight_decay=weight_decay, fused=True)
+
+
+def load_reference(paths: list, soup_weight: float, dtype: torch.dtype) -> PreTrainedModel:
+    """[reference] The frozen KL reference: the checkpoint at `paths[0]`, or with two paths their weight soup,
+    soup_weight * first + (1 - soup_weight) * second (reference=soup on model=hf; the toy task builds its soup as
+    a stage)."""
+    reference = load_policy(paths[0], dtype)
+    if len(paths) == 2:
+        other = load_policy(paths[1], dtype)
+        reference.load_state_dict(weight_soup([reference.state_dict(), other.state_dict()],
+                                              [soup_weight, 1 - soup_weight]))
+    return reference

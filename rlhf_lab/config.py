@@ -72,6 +72,27 @@ class Overlong(str, enum.Enum):
     soft_penalty = "soft_penalty"
 
 
+class RewardEnsemble(str, enum.Enum):
+    off = "off"
+    mean = "mean"
+    min = "min"
+    mean_minus_std = "mean_minus_std"
+    robust = "robust"
+
+
+class PolicyFilter(str, enum.Enum):
+    off = "off"
+    best_of_n = "best_of_n"
+    best_random = "best_random"
+    best_worst = "best_worst"
+
+
+class Reference(str, enum.Enum):
+    sft = "sft"
+    soup = "soup"
+    dpo = "dpo"
+
+
 class KLPenalty(str, enum.Enum):
     off = "off"
     token = "token"
@@ -166,6 +187,30 @@ class RewardNormConfig:
 
 
 @dataclass
+class RewardEnsembleConfig:
+    name: RewardEnsemble = RewardEnsemble.off  # off (one reward model) | mean | min | mean_minus_std | robust (lam * mean + (1 - lam) * min): how the members' scores become one
+    size: Optional[int] = None  # members (null: 3 on the toy task, each trained on its own draw of preference pairs; with reward_models their number)
+    reward_models: list[str] = field(default_factory=list)  # model=hf: the members' checkpoints (model.reward_model stays the critic's reward_model init)
+    lam: float = 0.5  # robust: weight of the mean, 1 - lam on the minimum (Reward-Robust RLHF)
+    std_coef: float = 1.0  # mean_minus_std: k in mean - k * std
+
+    def __post_init__(self):
+        _check(0 <= self.lam <= 1, "reward_ensemble.lam", "a number in [0, 1]", self.lam)
+        _check(self.std_coef >= 0, "reward_ensemble.std_coef", ">= 0", self.std_coef)
+        _check(self.size is None or self.size >= 2, "reward_ensemble.size", ">= 2 or null", self.size)
+        _check(self.size is None or not self.reward_models or self.size == len(self.reward_models),
+               "reward_ensemble.size", f"null or len(reward_ensemble.reward_models) = {len(self.reward_models)}",
+               self.size)
+
+    @property
+    def members(self) -> int:
+        """The number of reward models scoring each response (1 when off)."""
+        if self.name == RewardEnsemble.off:
+            return 1
+        return self.size or len(self.reward_models) or 3
+
+
+@dataclass
 class RewardClipConfig:
     name: OnOff = OnOff.off  # off | on: clamp the (normalised) score to [-clip, clip]
     clip: float = 5.0  # bound c of the clamp
@@ -214,6 +259,27 @@ class OverlongConfig:
     def __post_init__(self):
         _check(self.cache >= 1, "overlong.cache", ">= 1", self.cache)
         _check(self.coef >= 0, "overlong.coef", ">= 0", self.coef)
+
+
+@dataclass
+class PolicyFilterConfig:
+    name: PolicyFilter = PolicyFilter.off  # off | best_of_n | best_random | best_worst: PF-PPO's filters, which of each prompt's responses PPO trains on, ranked by reward-model score
+
+    @property
+    def kept_per_group(self) -> int | None:
+        """Responses kept of each prompt's group (None when off: all)."""
+        return {PolicyFilter.off: None, PolicyFilter.best_of_n: 1}.get(self.name, 2)
+
+
+@dataclass
+class ReferenceConfig:
+    name: Reference = Reference.sft  # sft (the initial policy) | soup (SALSA: a weight average of it and a second SFT model) | dpo (MPO: it after DPO on the easy preference pairs); the policy always starts from the SFT model
+    soup_weight: float = 0.5  # soup: the SFT model's weight in the average (1 - soup_weight on the second model)
+    soup_with: Optional[str] = None  # soup, model=hf: the second SFT checkpoint (toy: trained as a stage, task.sft with another seed)
+    path: Optional[str] = None  # dpo, model=hf: a DPO-trained checkpoint (toy: built as a stage, task.dpo)
+
+    def __post_init__(self):
+        _check(0 < self.soup_weight < 1, "reference.soup_weight", "a number in (0, 1)", self.soup_weight)
 
 
 @dataclass
@@ -322,9 +388,9 @@ class PtxLossConfig:
         _check(self.batch_size >= 1, "ptx_loss.batch_size", ">= 1", self.batch_size)
 
 
-TRICK_GROUPS = ("reward_scaling", "reward_norm", "reward_clip", "adv_estimator", "adv_norm", "adv_clip",
-                "kl_penalty", "entropy_bonus", "policy_clip", "loss_agg", "overlong", "value_clip", "critic_init",
-                "critic_pretrain", "grad_clip", "ptx_loss")
+TRICK_GROUPS = ("reward_ensemble", "reward_scaling", "reward_norm", "reward_clip", "policy_filter", "adv_estimator",
+                "adv_norm", "adv_clip", "reference", "kl_penalty", "entropy_bonus", "policy_clip", "loss_agg",
+                "overlong", "value_clip", "critic_init", "critic_pretrain", "grad_clip", "ptx_loss")
 
 
 # ---------------------------------------------------------------- task / model / ppo / logger / run
@@ -348,6 +414,23 @@ class ToyRMConfig:
 
 
 @dataclass
+class ToyDPOConfig:
+    pairs: int = 4000  # preference pairs among SFT-policy samples (a fresh draw, labelled like the RM's)
+    easy_fraction: float = 0.5  # the share of pairs with the largest |proxy RM score gap| that DPO trains on (MPO's easy pairs)
+    beta: float = 0.3  # DPO's beta (the implicit KL coefficient); README "Remedies" says how 0.3 and lr were chosen
+    epochs: int = 2  # passes over the easy pairs
+    lr: float = 2e-4  # peak AdamW learning rate (one-cycle schedule)
+    batch_size: int = 64  # pairs per step
+
+    def __post_init__(self):
+        _check(0 < self.easy_fraction <= 1, "task.dpo.easy_fraction", "a number in (0, 1]", self.easy_fraction)
+        _check(self.beta > 0, "task.dpo.beta", "> 0", self.beta)
+        _check(self.pairs * self.easy_fraction >= self.batch_size, "task.dpo.pairs",
+               f"at least task.dpo.batch_size / easy_fraction ({self.batch_size} / {self.easy_fraction})",
+               self.pairs)
+
+
+@dataclass
 class TaskConfig:
     name: TaskKind = TaskKind.toy  # toy (embedded synthetic testbed) | jsonl (prompts from a file)
     language_seed: int = 0  # toy: seed of the synthetic language, its prompts and SFT data
@@ -355,6 +438,7 @@ class TaskConfig:
     sft_file: Optional[str] = None  # jsonl: optional {"prompt","response"} lines for the ptx loss
     sft: ToySFTConfig = field(default_factory=ToySFTConfig)  # toy: SFT stage
     rm: ToyRMConfig = field(default_factory=ToyRMConfig)  # toy: proxy reward-model stage
+    dpo: ToyDPOConfig = field(default_factory=ToyDPOConfig)  # toy: DPO stage of reference=dpo
 
     def __post_init__(self):
         _check(self.rm.label_noise > 0, "task.rm.label_noise", "> 0", self.rm.label_noise)
@@ -501,12 +585,15 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    reward_ensemble: RewardEnsembleConfig = field(default_factory=RewardEnsembleConfig)
     reward_scaling: RewardScalingConfig = field(default_factory=RewardScalingConfig)
     reward_norm: RewardNormConfig = field(default_factory=RewardNormConfig)
     reward_clip: RewardClipConfig = field(default_factory=RewardClipConfig)
+    policy_filter: PolicyFilterConfig = field(default_factory=PolicyFilterConfig)
     adv_estimator: AdvEstimatorConfig = field(default_factory=AdvEstimatorConfig)
     adv_norm: AdvNormConfig = field(default_factory=AdvNormConfig)
     adv_clip: AdvClipConfig = field(default_factory=AdvClipConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     kl_penalty: KLPenaltyConfig = field(default_factory=KLPenaltyConfig)
     entropy_bonus: EntropyBonusConfig = field(default_factory=EntropyBonusConfig)
     policy_clip: PolicyClipConfig = field(default_factory=PolicyClipConfig)
@@ -530,6 +617,19 @@ class Config:
         _check((self.ppo.batch_size // self.ppo.minibatches) % ranks == 0, "ppo.batch_size",
                f"a multiple of ppo.minibatches x distributed.processes ({self.ppo.minibatches} x {ranks})",
                self.ppo.batch_size)
+        kept = self.policy_filter.kept_per_group
+        if kept is not None and self.ppo.samples_per_prompt > kept:
+            _check(self.train_rows % (self.ppo.minibatches * ranks) == 0, "ppo.minibatches",
+                   f"a divisor of the {self.train_rows} responses policy_filter={self.policy_filter.name.value} "
+                   f"keeps (with distributed.processes={ranks})", self.ppo.minibatches)
+
+    @property
+    def train_rows(self) -> int:
+        """Responses each PPO iteration trains on: ppo.batch_size, fewer after [policy_filter]."""
+        kept, group = self.policy_filter.kept_per_group, self.ppo.samples_per_prompt
+        if kept is None or group <= kept:
+            return self.ppo.batch_size
+        return self.ppo.batch_size // group * kept
 
     def tricks(self) -> dict[str, str]:
         """The chosen option of every trick group, e.g. {"kl_penalty": "token", ...}."""
@@ -581,6 +681,7 @@ def validate(cfg: Config) -> list[str]:
         if needs_group and group < 2:
             raise ConfigError(f"{key}={value} compares the responses to one prompt: it needs "
                               f"ppo.samples_per_prompt >= 2 (got {group})")
+    check_remedies(cfg)
     if cfg.overlong.name == Overlong.soft_penalty and cfg.overlong.cache >= cfg.ppo.max_new_tokens:
         raise ConfigError(f"overlong.cache={cfg.overlong.cache} is not allowed: expected fewer than "
                           f"ppo.max_new_tokens={cfg.ppo.max_new_tokens} tokens")
@@ -597,6 +698,12 @@ def validate(cfg: Config) -> list[str]:
         found.append(SUSPICIOUS["value_clip_raw_rewards"])
     if cfg.critic_pretrain.name != CriticPretrain.off and cfg.critic_init.name == CriticInit.random:
         found.append(SUSPICIOUS["pretrain_random_critic"])
+    pf = cfg.policy_filter
+    if pf.kept_per_group is not None and group <= pf.kept_per_group:
+        found.append(f"policy_filter={pf.name.value} with ppo.samples_per_prompt={group} keeps every response")
+    if cfg.reference.name != Reference.sft and not (kl.in_reward or kl.in_loss):
+        found.append(f"reference={cfg.reference.name.value} with kl_penalty=off: the reference only enters the KL "
+                     f"penalty, so it has no effect")
     if not cfg.adv_estimator.uses_critic:
         unused = [f"{key}={value}" for key, value, used in (
             ("value_clip", cfg.value_clip.name.value, cfg.value_clip.name == OnOff.on),
@@ -606,6 +713,38 @@ def validate(cfg: Config) -> list[str]:
             found.append(f"adv_estimator={cfg.adv_estimator.name.value} trains no critic: "
                          f"{', '.join(unused)} has no effect")
     return found
+
+
+def check_remedies(cfg: Config) -> None:
+    """The remedies' contradictions (reward_ensemble, policy_filter, reference): raise ConfigError."""
+    group, hf = cfg.ppo.samples_per_prompt, cfg.model.name == ModelKind.hf
+    ens, pf, ref = cfg.reward_ensemble, cfg.policy_filter, cfg.reference
+    if ens.name != RewardEnsemble.off and hf and len(ens.reward_models) < 2:
+        raise ConfigError(f"reward_ensemble={ens.name.value} with model=hf needs reward_ensemble.reward_models: "
+                          f"a list of at least 2 reward-model checkpoints (got {list(ens.reward_models)})")
+    if ens.name == RewardEnsemble.off and ens.reward_models:
+        raise ConfigError("reward_ensemble.reward_models is set with reward_ensemble=off: choose an aggregation "
+                          "(mean, min, mean_minus_std, robust) or drop the list")
+    if pf.name != PolicyFilter.off:
+        if group < 2:
+            raise ConfigError(f"policy_filter={pf.name.value} ranks the responses to one prompt: it needs "
+                              f"ppo.samples_per_prompt >= 2 (got {group})")
+        grouped = [f"{key}={value}" for key, value, per_group in (
+            ("adv_estimator", cfg.adv_estimator.name.value,
+             cfg.adv_estimator.name in (AdvEstimator.grpo, AdvEstimator.rloo)),
+            ("adv_norm", cfg.adv_norm.name.value, cfg.adv_norm.per_group)) if per_group]
+        if grouped:
+            raise ConfigError(f"policy_filter={pf.name.value} is not allowed with {', '.join(grouped)}: the filter "
+                              f"breaks up the groups they compare; expected adv_estimator=gae|reinforce_pp|remax "
+                              f"and a batch-wide adv_norm")
+    if ref.name != Reference.sft and cfg.lora.name == OnOff.on:
+        raise ConfigError(f"reference={ref.name.value} is not allowed with lora=on: the LoRA reference is the policy "
+                          f"with its adapters off, the SFT model; expected reference=sft")
+    if hf and ref.name == Reference.soup and not ref.soup_with:
+        raise ConfigError("reference=soup with model=hf needs reference.soup_with: the second SFT checkpoint")
+    if hf and ref.name == Reference.dpo and not ref.path:
+        raise ConfigError("reference=dpo with model=hf needs reference.path: a DPO-trained checkpoint "
+                          "(the toy task builds its own)")
 
 
 RESUME_MAY_CHANGE = ("resume", "iterations", "run", "logger")

@@ -54,6 +54,14 @@ def sequence_perplexity(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.exp(-ppo.masked_mean(logp, mask, dim=1))
 
 
+def r_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """R^2 of the least-squares line of y on x: the squared Pearson correlation (0 when either is constant).
+    (B,), (B,) -> ()."""
+    dx, dy = x - x.mean(), y - y.mean()
+    denominator = (dx * dx).sum() * (dy * dy).sum()
+    return torch.where(denominator > 0, (dx * dy).sum() ** 2 / denominator.clamp(min=1e-30), 0.0)
+
+
 def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, entropy, scores, shaped_scores,
                     gold) -> dict[str, torch.Tensor]:
     """The per-iteration metrics that describe the sampled responses (reward, kl, ppl, length, diversity), as
@@ -80,6 +88,7 @@ def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, entropy
         metrics[f"kl/ref_{estimator.value}"] = per_sequence.mean()
     if gold is not None:
         metrics["reward/gold_mean"] = gold.mean()
+        metrics["reward/proxy_gold_r2"] = r_squared(scores, gold)
     return metrics
 
 

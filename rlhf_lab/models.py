@@ -61,6 +61,19 @@ def make_critic(init: CriticInit, sft_path: str | Path, rm_path: str | Path, pad
     return critic
 
 
+def weight_soup(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """The weighted average of models' state dicts, entry by entry (SALSA's reference "soup"). The models must
+    share an architecture: the same keys, shapes and dtypes; the weights must sum to 1."""
+    if len(states) != len(weights) or abs(sum(weights) - 1) > 1e-6:
+        raise ValueError(f"weight_soup: {len(states)} models need as many weights summing to 1 (got {weights})")
+    first = states[0]
+    for state in states[1:]:
+        if state.keys() != first.keys() or any(state[k].shape != first[k].shape for k in first):
+            raise ValueError("weight_soup: the models' state dicts differ in keys or shapes (not one architecture)")
+    return {key: sum(w * state[key].double() for w, state in zip(weights, states)).to(first[key].dtype)
+            if first[key].is_floating_point() else first[key] for key in first}
+
+
 # ---------------------------------------------------------------- memory
 def with_lora(model: PreTrainedModel, lora: LoraConfig, task: str) -> nn.Module:
     """[lora] peft adapters on `model` (task "CAUSAL_LM" or "SEQ_CLS": for the latter the score head trains in

@@ -152,6 +152,67 @@ def group_mean_batch_std(x: torch.Tensor, mask: torch.Tensor, group: int, eps: f
     return centred * torch.rsqrt(masked_var(x, mask) + eps)
 
 
+# ---------------------------------------------------------------- reward-model ensembles, (B, K) -> (B,)
+# K members' scores of each response; std unbiased (K >= 2)
+def ensemble_mean(scores: torch.Tensor) -> torch.Tensor:
+    """The members' mean score. (B, K) -> (B,)."""
+    return scores.mean(1)
+
+
+def ensemble_min(scores: torch.Tensor) -> torch.Tensor:
+    """The lowest member score: worst-case optimisation. (B, K) -> (B,)."""
+    return scores.min(1).values
+
+
+def ensemble_mean_minus_std(scores: torch.Tensor, std_coef: float) -> torch.Tensor:
+    """mean - std_coef * std across members: penalised by the members' disagreement. (B, K) -> (B,)."""
+    return scores.mean(1) - std_coef * scores.std(1)
+
+
+def ensemble_robust(scores: torch.Tensor, lam: float) -> torch.Tensor:
+    """lam * mean + (1 - lam) * min (Reward-Robust RLHF's balance of nominal and worst-case reward).
+    (B, K) -> (B,)."""
+    return lam * scores.mean(1) + (1 - lam) * scores.min(1).values
+
+
+# ---------------------------------------------------------------- policy filtration, (B,) scores -> kept rows
+def best_of_n_rows(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """PF-PPO's best-of-N: the row of each group's highest score. (B,) -> (B / G,) row indices, by group."""
+    offsets = torch.arange(0, scores.shape[0], group, device=scores.device)
+    return offsets + grouped(scores, group).argmax(1)
+
+
+def best_random_rows(scores: torch.Tensor, group: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Best-random: each group's best row, then one of its other rows drawn uniformly.
+    (B,) -> (2 B / G,) row indices: best and other of group 0, of group 1, ..."""
+    g = grouped(scores, group)
+    best = g.argmax(1)
+    draw = torch.randint(0, group - 1, best.shape, device=scores.device, generator=generator)
+    other = draw + (draw >= best).long()  # uniform over the G - 1 rows that are not the best
+    offsets = torch.arange(0, scores.shape[0], group, device=scores.device)
+    return torch.stack([offsets + best, offsets + other], 1).reshape(-1)
+
+
+def best_worst_rows(scores: torch.Tensor, group: int) -> torch.Tensor:
+    """Best-worst: each group's highest- and lowest-scored rows (distinct rows, even on ties).
+    (B,) -> (2 B / G,) row indices: best and worst of group 0, of group 1, ..."""
+    g = grouped(scores, group)
+    best = g.argmax(1)
+    worst = g.scatter(1, best.unsqueeze(1), float("inf")).argmin(1)
+    offsets = torch.arange(0, scores.shape[0], group, device=scores.device)
+    return torch.stack([offsets + best, offsets + worst], 1).reshape(-1)
+
+
+# ---------------------------------------------------------------- DPO (the reference=dpo stage)
+def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))),
+    on the sequence log-probs of the responses under the policy and the frozen reference, batch mean.
+    (B,) x 4 -> (loss (), accuracy (): the share of pairs whose implicit reward prefers the chosen one)."""
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -torch.nn.functional.logsigmoid(margin).mean(), (margin > 0).float().mean()
+
+
 # ---------------------------------------------------------------- loss aggregation and response length
 def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: LossAgg, length: int) -> torch.Tensor:
     """Token losses (B, R) -> one number, over the masked tokens. token_mean: over all tokens;

@@ -5,7 +5,8 @@ in a second, naming the key, instead of after the models have loaded (or a defau
 * `check_sweep(argv)`: every `sweep=` / `+sweep=` of the command line names a sweep file Hydra can find. It runs
   before Hydra does: `sweep` is an optional group (conf/config.yaml), which Hydra drops without a word when its
   option does not exist, and in a multirun the sweeper launches the jobs before any of them could check.
-* `check(cfg)`: model=hf: `model.policy` / `model.reward_model` is a Hugging Face hub id or a local checkpoint
+* `check(cfg)`: model=hf: `model.policy` / `model.reward_model` (and `reward_ensemble.reward_models`,
+  `reference.soup_with`, `reference.path` when set) is a Hugging Face hub id or a local checkpoint
   directory (with config.json); task=jsonl: `task.prompts_file` (and `task.sft_file` when set) is a readable,
   non-empty JSONL file of objects with string fields; task=toy: the artefact cache is a writable directory.
 
@@ -90,6 +91,11 @@ def check(cfg: Config) -> None:
     if cfg.model.name == ModelKind.hf:
         check_checkpoint("model.policy", cfg.model.policy)
         check_checkpoint("model.reward_model", cfg.model.reward_model)
+        for i, path in enumerate(cfg.reward_ensemble.reward_models):
+            check_checkpoint(f"reward_ensemble.reward_models[{i}]", path)
+        for key in ("soup_with", "path"):
+            if getattr(cfg.reference, key):
+                check_checkpoint(f"reference.{key}", getattr(cfg.reference, key))
     if cfg.task.name == TaskKind.jsonl:
         check_jsonl("task.prompts_file", cfg.task.prompts_file, PROMPT_FIELDS)
         if cfg.task.sft_file:

@@ -111,10 +111,32 @@ class RewardModel(nn.Module):
         return model.score(backbone_states(model, packing)[packing.last]).squeeze(-1).float()
 
 
+class RewardEnsemble(nn.Module):
+    """K reward models scoring the same sequences (K = 1 without [reward_ensemble]); one module, so it is placed,
+    offloaded and sharded like a single reward model."""
+
+    def __init__(self, members: list[RewardModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, packing: Packing) -> torch.Tensor:
+        """Every member's score of each sequence. -> (B, K)."""
+        return torch.stack([member(packing) for member in self.members], 1)
+
+
+def next_token_logprobs(policy: Policy, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each token given the ones before it, packed. (B, T) -> (B, T - 1), for ids[:, 1:]."""
+    return ppo.logprobs_from_logits(policy(pack(ids, mask), ids.shape[1] - 1), ids[:, 1:])
+
+
 def lm_loss(policy: Policy, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL over positions where loss_mask (B, T) is 1 (SFT, and the ptx loss), packed."""
-    logp = ppo.logprobs_from_logits(policy(pack(ids, mask), ids.shape[1] - 1), ids[:, 1:])
-    return -ppo.masked_mean(logp, loss_mask[:, 1:].float())
+    return -ppo.masked_mean(next_token_logprobs(policy, ids, mask), loss_mask[:, 1:].float())
+
+
+def sequence_logprobs(policy: Policy, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of the log-probs of the tokens where loss_mask (B, T) is 1 (a response given its prompt; DPO). -> (B,)."""
+    return (next_token_logprobs(policy, ids, mask) * loss_mask[:, 1:].float()).sum(1)
 
 
 def check_forward(model: PreTrainedModel) -> None:

@@ -1,7 +1,7 @@
 """The PPO loop. One iteration reads top to bottom as in docs/architecture.md:
 
-    prompts -> rollout -> score -> forward passes (policy, reference, critic)
-            -> reward shaping -> advantages/returns -> PPO epochs x minibatches -> metrics
+    prompts -> rollout -> score (one reward model or an ensemble) -> forward passes (policy, reference, critic)
+            -> policy filtration -> reward shaping -> advantages/returns -> PPO epochs x minibatches -> metrics
 
 A critic-free estimator (adv_estimator != gae) has no critic: `critic` is None, and its passes, its update and
 its metrics are skipped.
@@ -14,7 +14,7 @@ modules (rlhf_lab.roles) and with their optimisers, built by rlhf_lab.build.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from torch import nn
 from rlhf_lab import ppo
 from rlhf_lab.config import AdvEstimator, Config, CriticPretrain, KLEstimator
 from rlhf_lab.data import Stream, encode, sft_batch
-from rlhf_lab.metrics import fetch, rollout_metrics
+from rlhf_lab.metrics import fetch, r_squared, rollout_metrics
 from rlhf_lab.packing import pack, pad_left, response_mask
 from rlhf_lab.roles import lm_loss
 from rlhf_lab.rollout import RolloutEngine
@@ -52,17 +52,32 @@ class Rollout:
     ref_logprobs: torch.Tensor  # (B, R) reference log-probs
     entropy: torch.Tensor  # (B, R) policy entropy per position
     values: torch.Tensor  # (B, R) critic values (0 without a critic)
-    scores: torch.Tensor  # (B,) reward-model scores
+    scores: torch.Tensor  # (B,) reward-model scores ([reward_ensemble]: the members' scores aggregated)
+    member_scores: torch.Tensor  # (B, K) each reward model's score (K = 1 without an ensemble)
     finished: torch.Tensor  # (B,) bool: the response ended with EOS (not truncated at ppo.max_new_tokens)
     gold: torch.Tensor | None  # (B,) gold reward (toy task only)
     seconds_generate: float
     greedy_scores: torch.Tensor | None = None  # (B,) adv_estimator=remax: the greedy response's score
     greedy_lengths: torch.Tensor | None = None  # (B,) ... and its length in tokens
 
+    def select(self, rows: torch.Tensor) -> "Rollout":
+        """The rollout of these rows only (K,), in their order: the batch [policy_filter] keeps."""
+        picked = rows.tolist()  # the texts are host lists
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value[rows]
+            elif isinstance(value, list):
+                value = [value[i] for i in picked]
+            values[f.name] = value
+        return Rollout(**values)
+
 
 class PPOTrainer:
     """The PPO loop over four role modules: `policy` (Policy) and `critic` (Critic) train with their optimisers;
-    `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardModel) are frozen."""
+    `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardEnsemble: one reward model
+    or several) are frozen."""
 
     def __init__(self, cfg: Config, runtime: Runtime, *, policy: nn.Module, reference: nn.Module,
                  critic: nn.Module | None, reward_model: nn.Module, policy_optimizer: torch.optim.Optimizer,
@@ -108,14 +123,14 @@ class PPOTrainer:
         gather = runtime.gather
         # no_grad (the method's), not inference_mode: FSDP's gathered weights are reused by the training passes
         with runtime.borrow(self.reference, self.reward_model):
-            scores = self.reward_model(packing)
+            member_scores = self.reward_model(packing)  # (b, K) [reward_ensemble]
             ref_logprobs = ppo.logprobs_from_logits(self.reference(packing, n, ppo_cfg.temperature), tokens)
             values = self.critic(packing, n) if self.critic is not None else torch.zeros_like(ref_logprobs)
             greedy_scores = greedy_lengths = None
             if greedy is not None:
                 greedy_mask = response_mask(greedy, tok.eos_token_id)
-                greedy_scores = gather(self.reward_model(pack(torch.cat([query_ids, greedy], dim=1), torch.cat(
-                    [query_mask, greedy_mask.long()], dim=1))))
+                greedy_scores = gather(self.tricks.ensemble_score(self.reward_model(pack(torch.cat(
+                    [query_ids, greedy], dim=1), torch.cat([query_mask, greedy_mask.long()], dim=1)))))
                 greedy_lengths = gather(greedy_mask.sum(1))
 
         # [ranks] the whole batch on every rank (the identity on one process); prompts padded on the left,
@@ -123,7 +138,8 @@ class PPOTrainer:
         query_ids = gather(query_ids, tok.pad_token_id, left=True)
         query_mask = gather(query_mask, 0, left=True)
         logprobs, ref_logprobs = gather(generated.logprobs * mask), gather(ref_logprobs * mask)
-        entropy, values, scores = gather(generated.entropy * mask), gather(values * mask), gather(scores)
+        entropy, values, member_scores = gather(generated.entropy * mask), gather(values * mask), gather(member_scores)
+        scores = self.tricks.ensemble_score(member_scores)  # [reward_ensemble] (B, K) -> (B,)
         tokens, mask = gather(tokens, tok.pad_token_id), gather(mask)
 
         text_tokens = tokens.masked_fill(tokens == tok.eos_token_id, tok.pad_token_id)
@@ -134,19 +150,22 @@ class PPOTrainer:
             gold = torch.tensor(self.gold_reward(prompts, responses, finished.tolist()), device=runtime.device)
         return Rollout(prompts, responses, torch.cat([query_ids, tokens], dim=1),
                        torch.cat([query_mask, mask.long()], dim=1), tokens, mask, logprobs, ref_logprobs, entropy,
-                       values, scores, finished, gold, seconds_generate, greedy_scores, greedy_lengths)
+                       values, scores, member_scores, finished, gold, seconds_generate, greedy_scores,
+                       greedy_lengths)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:
-        """Rollout, shape rewards, estimate advantages, then PPO epochs. Returns (metrics, rollout)."""
+        """Rollout, filter, shape rewards, estimate advantages, then PPO epochs. Returns (metrics, rollout): the
+        rollout metrics describe every sampled response, the training ones the kept responses."""
         clock = self.runtime.now
         started = clock()
         batch = self.rollout()
         rollout_seconds = clock() - started
-        shaped_scores, advantages, returns = self.advantages(batch)
+        kept = self.filtered(batch)  # [policy_filter]
+        shaped_scores, advantages, returns = self.advantages(kept)
 
         train_started = clock()
-        train_stats = self.train(batch, advantages, returns)
+        train_stats = self.train(kept, advantages, returns)
         train_seconds = clock() - train_started
 
         metrics = fetch({  # every metric of the iteration, in one device-to-host copy
@@ -155,10 +174,11 @@ class PPOTrainer:
                               entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
                               gold=batch.gold),
             **train_stats,
-            "adv/mean": ppo.masked_mean(advantages, batch.mask),
-            "adv/std": ppo.masked_var(advantages, batch.mask).sqrt(),
-            "return/mean": ppo.masked_mean(returns, batch.mask),
-            **({"value/mean": ppo.masked_mean(batch.values, batch.mask)} if self.critic is not None else {}),
+            **self.remedy_metrics(batch, kept),
+            "adv/mean": ppo.masked_mean(advantages, kept.mask),
+            "adv/std": ppo.masked_var(advantages, kept.mask).sqrt(),
+            "return/mean": ppo.masked_mean(returns, kept.mask),
+            **({"value/mean": ppo.masked_mean(kept.values, kept.mask)} if self.critic is not None else {}),
         })
         self._check_finite(metrics)
         # [kl_penalty=adaptive] the controller reads the per-sequence KL of the penalty's own estimator
@@ -171,6 +191,22 @@ class PPOTrainer:
             "perf/gen_tokens_per_second": metrics["length/response_tokens"] / max(batch.seconds_generate, 1e-9),
         })
         return metrics, batch
+
+    def filtered(self, batch: Rollout) -> Rollout:
+        """[policy_filter] The responses PPO trains on: within each prompt's group, chosen by score."""
+        rows = self.tricks.kept_rows(batch.scores)
+        return batch if rows is None else batch.select(rows)
+
+    def remedy_metrics(self, batch: Rollout, kept: Rollout) -> dict[str, torch.Tensor]:
+        """The ensemble's disagreement (the std across members, mean over responses) and, on the toy task, how
+        well the proxy explains the gold reward on the kept responses (R^2; on all of them: reward/...)."""
+        metrics = {}
+        if batch.member_scores.shape[1] > 1:
+            metrics["reward/ensemble_std"] = batch.member_scores.std(1).mean()
+        if kept is not batch and kept.gold is not None:
+            metrics["filter/proxy_gold_r2_kept"] = r_squared(kept.scores, kept.gold)
+            metrics["filter/gold_kept_mean"] = kept.gold.mean()
+        return metrics
 
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reward shaping, then advantages and returns. Returns (shaped scores (B,), advantages, returns (B, R))."""
@@ -195,12 +231,13 @@ class PPOTrainer:
         """PPO epochs x minibatches. Returns the mean of each training statistic, as 0-d tensors (no host sync
         inside the loop; the caller checks them for non-finite values once, see `_check_finite`)."""
         ppo_cfg, tricks, runtime = self.cfg.ppo, self.tricks, self.runtime
-        n, size = batch.tokens.shape[1], ppo_cfg.batch_size // ppo_cfg.minibatches
+        rows, n = batch.tokens.shape  # rows: ppo.batch_size, or what [policy_filter] kept (cfg.train_rows)
+        size = rows // ppo_cfg.minibatches
         policy_mask = tricks.policy_mask(batch.mask, batch.finished)  # [overlong=filter]
         sums: dict[str, torch.Tensor] = {}
         for _ in range(ppo_cfg.epochs):
-            order = torch.randperm(ppo_cfg.batch_size, device=runtime.device)  # the same on every rank
-            for start in range(0, ppo_cfg.batch_size, size):
+            order = torch.randperm(rows, device=runtime.device)  # the same on every rank
+            for start in range(0, rows, size):
                 minibatch = order[start:start + size]
                 mb = minibatch[runtime.share(size)]  # [ranks] this rank's part of the minibatch
                 mask = batch.mask[mb]
@@ -299,7 +336,7 @@ class PPOTrainer:
             return []
         history = []
         for _ in range(pre.steps):
-            batch = self.rollout()
+            batch = self.filtered(self.rollout())  # [policy_filter] the critic fits what PPO will train on
             _, advantages, returns = self.advantages(batch)
             stats = fetch(self.train(batch, advantages, returns, update_policy=False))
             self._check_finite(stats)

@@ -1,7 +1,7 @@
 """The PPO tricks, chosen by their config groups. The trainer asks `Tricks`; it never tests trick names.
 
-Groups with several behaviours map their option names to small functions (the tables SCALINGS,
-NORMALISATIONS, OUTCOME_BASELINES, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus
+Groups with several behaviours map their option names to small functions (the tables ENSEMBLES, SCALINGS,
+NORMALISATIONS, FILTERS, OUTCOME_BASELINES, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus
 one table entry plus its YAML file; on/off groups select a coefficient or a bound that is neutral when off (0 or infinity).
 """
 
@@ -13,8 +13,26 @@ import math
 import torch
 
 from rlhf_lab import ppo
-from rlhf_lab.config import (AdvEstimator, AdvNorm, Config, KLPenalty, OnOff, Overlong, PolicyClip, RewardNorm,
-                             RewardScaling)
+from rlhf_lab.config import (AdvEstimator, AdvNorm, Config, KLPenalty, OnOff, Overlong, PolicyClip, PolicyFilter,
+                             RewardEnsemble, RewardNorm, RewardScaling)
+
+
+# ---------------------------------------------------------------- reward-model ensembles, (B, K) -> (B,)
+# (the members' scores, the reward_ensemble config) -> one score per response
+ENSEMBLES = {
+    RewardEnsemble.off: lambda scores, ens: scores[:, 0],
+    RewardEnsemble.mean: lambda scores, ens: ppo.ensemble_mean(scores),
+    RewardEnsemble.min: lambda scores, ens: ppo.ensemble_min(scores),
+    RewardEnsemble.mean_minus_std: lambda scores, ens: ppo.ensemble_mean_minus_std(scores, ens.std_coef),
+    RewardEnsemble.robust: lambda scores, ens: ppo.ensemble_robust(scores, ens.lam),
+}
+
+# ---------------------------------------------------------------- policy filtration, (B,) scores -> kept rows
+FILTERS = {
+    PolicyFilter.best_of_n: ppo.best_of_n_rows,
+    PolicyFilter.best_random: ppo.best_random_rows,
+    PolicyFilter.best_worst: ppo.best_worst_rows,
+}
 
 
 # ---------------------------------------------------------------- sequence-score transforms, (B,) -> (B,)
@@ -105,6 +123,20 @@ class Tricks:
                                            length=cfg.loss_agg.length or cfg.ppo.max_new_tokens)
         self.return_stats = ppo.RunningMoments()  # reward_scaling=running_std
         self.score_stats = ppo.RunningMoments()  # reward_norm=running
+
+    # ------------------------------------------------------------ the reward model's verdict
+    def ensemble_score(self, member_scores: torch.Tensor) -> torch.Tensor:
+        """[reward_ensemble] The members' scores -> one score per response. (B, K) -> (B,)."""
+        return ENSEMBLES[self.cfg.reward_ensemble.name](member_scores, self.cfg.reward_ensemble)
+
+    def kept_rows(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """[policy_filter] The rows PPO trains on, chosen within each prompt's group by score, or None (all).
+        (B,) -> (cfg.train_rows,) row indices. best_random draws from torch's global generator, the same on
+        every rank."""
+        pf = self.cfg.policy_filter.name
+        if pf == PolicyFilter.off:
+            return None
+        return FILTERS[pf](scores, self.cfg.ppo.samples_per_prompt)
 
     # ------------------------------------------------------------ reward shaping
     def shape_scores(self, scores: torch.Tensor) -> torch.Tensor:

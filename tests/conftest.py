@@ -45,9 +45,21 @@ def tiny_trainer(checkpoints, *overrides, seed=0) -> PPOTrainer:
     return assemble(cfg, runtime, policy=load_policy(sft_dir, torch.float32),
                     reference=None if lora else load_policy(sft_dir, runtime.compute_dtype),
                     critic=make_critic(cfg.critic_init.name, sft_dir, rm_dir, tokenizer.pad_token_id, torch.float32),
-                    reward_model=load_reward_model(rm_dir, runtime.compute_dtype), tokenizer=tokenizer,
+                    reward_model=reward_members(rm_dir, cfg.reward_ensemble.members, runtime.compute_dtype),
+                    tokenizer=tokenizer,
                     prompts=Stream(language.sample_prompt, seed),
                     sft_examples=Stream(lambda rng: (language.sample_prompt(rng), "the zovo is great ."), seed))
+
+
+def reward_members(rm_dir: Path, members: int, dtype: torch.dtype) -> list:
+    """`members` reward models: the one at rm_dir, then copies whose score heads are redrawn (seed k), so an
+    ensemble's members disagree."""
+    models = [load_reward_model(rm_dir, dtype) for _ in range(members)]
+    for k, model in enumerate(models[1:], start=1):
+        generator = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=generator) * 0.5)
+    return models
 
 
 @pytest.fixture(scope="session")

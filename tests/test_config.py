@@ -17,7 +17,9 @@ from rlhf_lab.paths import conf_dir
 register_schema()
 PRESETS = tuple(sorted(p.stem for p in (conf_dir() / "preset").glob("*.yaml")))
 GROUP_OPTIONS = {("adv_estimator", "grpo"), ("adv_estimator", "rloo"), ("adv_norm", "group_whiten"),
-                 ("adv_norm", "group_mean_batch_std")}  # they compare the responses to one prompt
+                 ("adv_norm", "group_mean_batch_std"), ("policy_filter", "best_of_n"), ("policy_filter", "best_random"),
+                 ("policy_filter", "best_worst")}  # they compare the responses to one prompt
+GROUP_PRESETS = {"grpo", "dr_grpo", "lite_ppo"}  # their advantages compare a prompt's group: no policy filter
 OPTIONS = {group: sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) for group in TRICK_GROUPS}
 
 
@@ -35,6 +37,9 @@ def test_every_trick_group_has_its_options():
     assert OPTIONS["loss_agg"] == ["seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
                                    "token_mean"]
     assert OPTIONS["overlong"] == ["filter", "off", "soft_penalty"]
+    assert OPTIONS["reward_ensemble"] == ["mean", "mean_minus_std", "min", "off", "robust"]
+    assert OPTIONS["policy_filter"] == ["best_of_n", "best_random", "best_worst", "off"]
+    assert OPTIONS["reference"] == ["dpo", "sft", "soup"]
     assert set(PRESETS) >= {"vanilla", "ppo_max", "grpo", "dr_grpo", "lite_ppo", "reinforce_pp"}
     assert all(options for options in OPTIONS.values())
 
@@ -49,8 +54,13 @@ def test_every_option_file_has_a_comment_line():
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in OPTIONS.items() for o in opts])
 def test_every_option_composes_after_every_preset(preset, group, option):
-    groups = ["ppo.samples_per_prompt=2"] if (group, option) in GROUP_OPTIONS else []
-    cfg = to_config(composed(f"preset={preset}", f"{group}={option}", *groups))
+    groups = ["ppo.samples_per_prompt=4"] if (group, option) in GROUP_OPTIONS else []
+    overrides = (f"preset={preset}", f"{group}={option}", *groups)
+    if group == "policy_filter" and option != "off" and preset in GROUP_PRESETS:
+        with pytest.raises(ConfigError, match=f"policy_filter={option} is not allowed with adv_estimator=grpo"):
+            to_config(composed(*overrides))
+        return
+    cfg = to_config(composed(*overrides))
     assert cfg.tricks()[group] == option
 
 
@@ -58,9 +68,9 @@ def test_presets_choose_every_group():
     vanilla, ppo_max = to_config(composed("preset=vanilla")), to_config(composed("preset=ppo_max"))
     assert set(vanilla.tricks()) == set(TRICK_GROUPS)
     assert vanilla.tricks() == {g: {"policy_clip": "ppo", "critic_init": "sft", "adv_estimator": "gae",
-                                    "loss_agg": "token_mean"}.get(g, "off") for g in TRICK_GROUPS}
+                                    "loss_agg": "token_mean", "reference": "sft"}.get(g, "off") for g in TRICK_GROUPS}
     assert ppo_max.tricks() == {
-        "reward_scaling": "off", "reward_norm": "running", "reward_clip": "on", "adv_estimator": "gae",
+        "reward_ensemble": "off", "policy_filter": "off", "reference": "sft", "reward_scaling": "off", "reward_norm": "running", "reward_clip": "on", "adv_estimator": "gae",
         "adv_norm": "whiten", "adv_clip": "off", "kl_penalty": "token", "entropy_bonus": "off", "policy_clip": "ppo",
         "loss_agg": "token_mean", "overlong": "off", "value_clip": "on", "critic_init": "reward_model",
         "critic_pretrain": "steps", "grad_clip": "global", "ptx_loss": "on"}
@@ -147,3 +157,16 @@ def test_a_plain_wheel_install_finds_its_config_tree(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "--cfg", "job", "preset=vanilla", "sweep=smoke"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "iterations: 6" in out.stdout, out.stderr
+
+
+SWEEP_ARMS = [(sweep.stem, arm, overrides) for sweep in sorted((conf_dir() / "sweep").glob("*.yaml"))
+              for arm, overrides in (__import__("yaml").safe_load(sweep.read_text()).get("hydra", {})
+                                     .get("sweeper", {}).get("arms") or {}).items()]
+
+
+@pytest.mark.parametrize("sweep,arm,overrides", SWEEP_ARMS, ids=[f"{s}-{a}" for s, a, _ in SWEEP_ARMS])
+def test_every_sweep_arm_composes(sweep, arm, overrides):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = to_config(composed(*overrides))
+    assert cfg.tricks()  # a validated Config: the arm's combination is allowed

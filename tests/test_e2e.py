@@ -13,6 +13,7 @@ from rlhf_lab.rundir import read_jsonl
 from rlhf_lab.train import arm_label
 
 TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task.rm.epochs=1",
+        "task.dpo.pairs=200", "task.dpo.epochs=1", "task.dpo.batch_size=32",
         "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",
         "ppo.batch_size=16", "ppo.max_new_tokens=12", "critic_pretrain.steps=2", "ptx_loss.batch_size=4",
         "run.samples_every=2", "run.checkpoint_every=2", "run.progress=false"]
@@ -51,7 +52,7 @@ def test_run_directory_contract(finished_run):
     assert info["schema_version"] == 1 and info["status"] == "completed"
     assert info["seed"] == 7 and info["arm"] == "tiny" and info["preset"] == "ppo_max"
     assert info["tricks"]["kl_penalty"] == "token" and info["tricks"]["adv_estimator"] == "gae"
-    assert set(info["tricks"]) == set(TRICK_GROUPS) and len(TRICK_GROUPS) == 16
+    assert set(info["tricks"]) == set(TRICK_GROUPS) and len(TRICK_GROUPS) == 19
     assert info["started_at"] <= info["finished_at"]
     assert {"torch", "transformers", "python"} <= set(info["versions"])
     assert (finished_run / ".hydra" / "config.yaml").exists() and (finished_run / ".hydra" / "overrides.yaml").exists()

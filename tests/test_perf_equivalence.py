@@ -194,8 +194,8 @@ def test_packed_forwards_match_padded_reference(rollout):
                                    rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(trainer.critic(pack(ids, attention), n)[on],
                                    padded_values(trainer.critic, ids, attention, n)[on], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(trainer.reward_model(pack(ids, attention)),
-                                   padded_scores(trainer.reward_model, ids, attention), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(trainer.reward_model(pack(ids, attention))[:, 0],
+                                   padded_scores(trainer.reward_model.members[0], ids, attention), rtol=1e-4, atol=1e-4)
     # the gradient through the packed pass is the padded one
     grads = []
     for logits_fn in (packed_response_logits, padded_response_logits):

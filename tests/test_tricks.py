@@ -142,7 +142,7 @@ def state(model):
 
 def test_critic_init_reward_model_copies_the_reward_model(tiny_checkpoints):
     trainer = tiny_trainer(tiny_checkpoints, "critic_init=reward_model")
-    rm_state = trainer.reward_model.state_dict()
+    rm_state = trainer.reward_model.members[0].state_dict()
     for key, value in trainer.critic.state_dict().items():
         torch.testing.assert_close(value, rm_state[key], rtol=0, atol=0)
 

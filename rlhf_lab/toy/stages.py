@@ -1,12 +1,18 @@
-"""The toy task's stages before PPO: tokenizer, SFT policy, proxy reward model. Each is an ordinary Hugging Face
-checkpoint folder (model + tokenizer), cached by a hash of the config that produced it and of this code.
+"""The toy task's stages before PPO: tokenizer, SFT policy, proxy reward model(s), and the reference the
+`reference` group asks for. Each is an ordinary Hugging Face checkpoint folder (model + tokenizer), cached by
+a hash of the config that produced it and of this code.
 
-sft: a tiny decoder trained on demonstrations sampled from the toy language (loss on response tokens only).
-rm:  the SFT backbone with a scalar head, trained with a Bradley-Terry loss on pairs of SFT-policy samples
-     whose preference labels come from the gold reward through a noisy labeller, then calibrated so that the
-     SFT policy's responses score mean 0 and std 1 (the same reward scale on every machine and testbed
-     instance). It never sees text far from the SFT policy, which is what makes it exploitable (README,
-     "The toy testbed").
+sft:  a tiny decoder trained on demonstrations sampled from the toy language (loss on response tokens only).
+rm:   the SFT backbone with a scalar head, trained with a Bradley-Terry loss on pairs of SFT-policy samples
+      whose preference labels come from the gold reward through a noisy labeller, then calibrated so that the
+      SFT policy's responses score mean 0 and std 1 (the same reward scale on every machine and testbed
+      instance). It never sees text far from the SFT policy, which is what makes it exploitable (README,
+      "The toy testbed"). [reward_ensemble]: member k > 0 is the same recipe on its own draw of pairs and its
+      own seed (member 0 is the usual RM).
+soup: [reference=soup] the weight average of the SFT model and a second SFT model: the same initial weights,
+      its own draw of demonstrations and order (SALSA's two SFT runs from one base; see `_train_sft`).
+dpo:  [reference=dpo] the SFT model after DPO on MPO's "easy" pairs: a fresh draw of labelled pairs, of which
+      the share `task.dpo.easy_fraction` with the largest proxy-RM score gap (see `_train_dpo`).
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from transformers import (AutoModelForSequenceClassification, PreTrainedTokenize
                           Starcoder2ForCausalLM)
 
 from rlhf_lab.artifacts import cached_build, code_fingerprint
-from rlhf_lab.config import Config
+from rlhf_lab import ppo
+from rlhf_lab.config import Config, Reference
 from rlhf_lab.data import encode, sft_batch
-from rlhf_lab.models import load_policy
+from rlhf_lab.models import load_policy, load_reward_model, weight_soup
 from rlhf_lab.packing import pack, pad_left, response_mask
-from rlhf_lab.roles import Policy, RewardModel, lm_loss
+from rlhf_lab.roles import Policy, RewardModel, lm_loss, sequence_logprobs
 from rlhf_lab.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.gold import GoldReward
 from rlhf_lab.toy.language import ToyLanguage
@@ -38,13 +45,17 @@ log = logging.getLogger(__name__)
 
 SPECIALS = ("<pad>", "<eos>", "<unk>")
 MAX_RESPONSE_WORDS = 30  # SFT demonstrations are kept shorter than the default PPO length cap (32)
+MEMBER_SEED_STRIDE = 7919  # member k of a stage draws its data from seed + k * stride (k = 0: the usual stage)
+HELD_OUT_SEED = 99  # offset of the seed of held-out demonstrations and prompts in the stages' reports
 
 
 @dataclass(frozen=True)
 class ToyArtifacts:
-    sft_dir: Path
-    rm_dir: Path
+    sft_dir: Path  # the SFT policy: the initial policy (and the reference with reference=sft)
+    rm_dir: Path  # the proxy reward model (member 0 of an ensemble)
     language: ToyLanguage
+    rm_dirs: tuple[Path, ...] = ()  # [reward_ensemble] every member, rm_dir first
+    reference_dir: Path | None = None  # [reference] the KL reference's checkpoint
 
 
 def build_tokenizer(language: ToyLanguage) -> PreTrainedTokenizerFast:
@@ -78,9 +89,12 @@ def sft_examples(language: ToyLanguage, n: int, rng: random.Random) -> list[tupl
     return examples
 
 
-def _train_sft(out: Path, cfg: Config, language: ToyLanguage) -> None:
+def _train_sft(out: Path, cfg: Config, language: ToyLanguage, member: int = 0) -> None:
+    """Member 0 is the SFT policy. Member 1 (reference=soup's second model) starts from the same initial weights
+    (the torch seed is the language's) and draws its own demonstrations and order: two fine-tuning runs from one
+    base, as SALSA's soup needs (independently initialised networks do not average into a working one)."""
     sft = cfg.task.sft
-    rng = random.Random(cfg.task.language_seed)
+    rng = random.Random(cfg.task.language_seed + MEMBER_SEED_STRIDE * member)
     torch.manual_seed(cfg.task.language_seed)
     tokenizer = build_tokenizer(language)
     model = Starcoder2ForCausalLM(toy_model_config(cfg, tokenizer))
@@ -125,9 +139,10 @@ def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
 
 
 def _preference_pairs(policy, tokenizer, language: ToyLanguage, gold: GoldReward, n: int, noise: float,
-                      max_new_tokens: int, rng: random.Random) -> list[tuple[list[int], list[int], float]]:
+                      max_new_tokens: int, rng: random.Random) -> list[tuple[list[int], list[int], float, int]]:
     """`n` pairs of SFT-policy responses to one prompt each, ordered by a noisy Bradley-Terry judge on the gold
-    reward, P(a > b) = sigmoid((gold_a - gold_b) / noise). -> (chosen ids, rejected ids, gold margin)."""
+    reward, P(a > b) = sigmoid((gold_a - gold_b) / noise).
+    -> (chosen ids, rejected ids (both prompt + response), gold margin, prompt length)."""
     prompts = [language.sample_prompt(rng) for _ in range(n)]
     both = prompts + prompts
     texts, finished, token_ids = sample_responses(policy, tokenizer, both, max_new_tokens)
@@ -138,7 +153,8 @@ def _preference_pairs(policy, tokenizer, language: ToyLanguage, gold: GoldReward
         j = i + n
         p_first = 1 / (1 + math.exp(-(golds[i] - golds[j]) / noise))
         a, b = (i, j) if rng.random() < p_first else (j, i)
-        pairs.append((prompt_ids[i] + token_ids[a], prompt_ids[i] + token_ids[b], golds[a] - golds[b]))
+        pairs.append((prompt_ids[i] + token_ids[a], prompt_ids[i] + token_ids[b], golds[a] - golds[b],
+                      len(prompt_ids[i])))
     return pairs
 
 
@@ -167,10 +183,12 @@ def calibrate(model, mean: float, std: float) -> None:
         head.weight /= std
 
 
-def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path) -> None:
+def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, member: int = 0) -> None:
+    """Member 0 is the proxy RM; member k of an ensemble draws its own pairs and head from seed + k * stride."""
     rmc = cfg.task.rm
-    rng = random.Random(cfg.task.language_seed + 1)
-    torch.manual_seed(cfg.task.language_seed + 1)
+    seed = cfg.task.language_seed + 1 + MEMBER_SEED_STRIDE * member
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     tokenizer = build_tokenizer(language)
     policy = load_policy(sft_dir, torch.float32).eval()
     gold = GoldReward(language)
@@ -190,7 +208,7 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path) -> N
         rng.shuffle(train_pairs)
         for start in range(0, len(train_pairs) - rmc.batch_size + 1, rmc.batch_size):
             batch = train_pairs[start:start + rmc.batch_size]
-            ids, mask = pad_left([c for c, _, _ in batch] + [r for _, r, _ in batch], pad)
+            ids, mask = pad_left([c for c, *_ in batch] + [r for _, r, *_ in batch], pad)
             chosen, rejected = RewardModel(model)(pack(ids, mask)).chunk(2)
             loss = -F.logsigmoid(chosen - rejected).mean()
             optimizer.zero_grad()
@@ -209,8 +227,8 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path) -> N
     calibrate(model, raw.mean().item(), raw.std().item())
     calibrated = _scores(model, calib_ids, pad)
 
-    chosen, rejected = _scores(model, [c for c, _, _ in eval_pairs] + [r for _, r, _ in eval_pairs], pad).chunk(2)
-    margins = torch.tensor([m for _, _, m in eval_pairs])
+    chosen, rejected = _scores(model, [c for c, *_ in eval_pairs] + [r for _, r, *_ in eval_pairs], pad).chunk(2)
+    margins = torch.tensor([m for _, _, m, _ in eval_pairs])
     decided = margins.abs() > 1e-6
     probe_prompt = language.sample_prompt(random.Random(0))
     topic = probe_prompt.split()[1]
@@ -238,8 +256,124 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path) -> N
     (out / "rm_report.json").write_text(json.dumps(report, indent=2))
 
 
+def _held_out_demonstrations(cfg: Config, language: ToyLanguage, n: int = 512) -> list[tuple[str, str]]:
+    return sft_examples(language, n, random.Random(cfg.task.language_seed + HELD_OUT_SEED))
+
+
+@torch.no_grad()
+def _demonstration_loss(model, tokenizer, examples: list[tuple[str, str]]) -> float:
+    """Mean next-token NLL of the responses of `examples` under `model`."""
+    return lm_loss(Policy(model), *sft_batch(tokenizer, examples)).item()
+
+
+def _build_soup(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, second_dir: Path) -> None:
+    """[reference=soup] soup_weight * SFT + (1 - soup_weight) * the second SFT model, with the held-out
+    demonstration loss of all three in soup_report.json (a soup of unrelated weights would show a loss far above
+    both)."""
+    weight = cfg.reference.soup_weight
+    first, second = load_policy(sft_dir, torch.float32).eval(), load_policy(second_dir, torch.float32).eval()
+    soup = load_policy(sft_dir, torch.float32).eval()
+    soup.load_state_dict(weight_soup([first.state_dict(), second.state_dict()], [weight, 1 - weight]))
+    tokenizer = build_tokenizer(language)
+    held_out = _held_out_demonstrations(cfg, language)
+    report = {"weight": weight, **{f"{name}_demonstration_loss": _demonstration_loss(model, tokenizer, held_out)
+                                   for name, model in (("sft", first), ("second_sft", second), ("soup", soup))}}
+    log.info("reference soup: %s", report)
+    soup.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "soup_report.json").write_text(json.dumps(report, indent=2))
+
+
+def _pair_batch(pairs, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Chosen then rejected sequences of `pairs`, left-padded, with the loss mask on their response tokens.
+    -> ids, attention mask, loss mask, each (2 * len(pairs), T)."""
+    sequences = [c for c, *_ in pairs] + [r for _, r, *_ in pairs]
+    prompt_lengths = [p for *_, p in pairs] * 2
+    ids, mask = pad_left(sequences, pad)
+    loss_mask, _ = pad_left([[0] * p + [1] * (len(seq) - p) for seq, p in zip(sequences, prompt_lengths)], 0)
+    return ids, mask, loss_mask
+
+
+@torch.no_grad()
+def _pair_logprobs(model, pairs, pad: int, batch_size: int = 256) -> torch.Tensor:
+    """Sequence log-probs of the chosen and rejected responses. -> (len(pairs), 2)."""
+    out = [sequence_logprobs(Policy(model), *_pair_batch(pairs[i:i + batch_size], pad)).reshape(2, -1).T
+           for i in range(0, len(pairs), batch_size)]
+    return torch.cat(out)
+
+
+def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_dir: Path) -> None:
+    """[reference=dpo] MPO's reference: DPO from the SFT model on the easy pairs.
+
+    The pairs are a fresh draw made like the reward model's (two SFT-policy responses to a prompt, labelled by the
+    noisy judge on the gold reward). The proxy RM scores both responses; the `easy_fraction` of pairs with the
+    largest |score gap| are the easy ones, and DPO (its own reference: the SFT model) trains on them with the
+    judge's labels. The report has the split, DPO's held-out preference accuracy, and the gold reward and KL to
+    the SFT model of the DPO model's own samples."""
+    dpo, rmc = cfg.task.dpo, cfg.task.rm
+    seed = cfg.task.language_seed + 3
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(language)
+    pad = tokenizer.pad_token_id
+    sft = load_policy(sft_dir, torch.float32).eval()
+    sft.requires_grad_(False)
+    gold = GoldReward(language)
+    pairs = _preference_pairs(sft, tokenizer, language, gold, dpo.pairs, rmc.label_noise, cfg.ppo.max_new_tokens, rng)
+    held_out = _preference_pairs(sft, tokenizer, language, gold, rmc.eval_pairs, rmc.label_noise,
+                                 cfg.ppo.max_new_tokens, rng)
+    rm = load_reward_model(rm_dir, torch.float32).eval()
+    chosen, rejected = _scores(rm, [c for c, *_ in pairs] + [r for _, r, *_ in pairs], pad).chunk(2)
+    gaps = (chosen - rejected).abs()
+    easy_count = int(len(pairs) * dpo.easy_fraction)
+    order = gaps.argsort(descending=True)
+    easy = [pairs[i] for i in order[:easy_count].tolist()]
+    easy_ref = _pair_logprobs(sft, easy, pad)  # (E, 2): the SFT model's, fixed
+
+    model = load_policy(sft_dir, torch.float32).eval()  # no dropout (the toy model has none)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=dpo.lr)
+    steps = dpo.epochs * (len(easy) // dpo.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=dpo.lr, total_steps=steps, pct_start=0.1)
+    index = list(range(len(easy)))
+    for epoch in range(dpo.epochs):
+        rng.shuffle(index)
+        for start in range(0, len(index) - dpo.batch_size + 1, dpo.batch_size):
+            rows = index[start:start + dpo.batch_size]
+            logp = sequence_logprobs(Policy(model), *_pair_batch([easy[i] for i in rows], pad)).reshape(2, -1)
+            ref = easy_ref[rows]
+            loss, accuracy = ppo.dpo_loss(logp[0], logp[1], ref[:, 0], ref[:, 1], dpo.beta)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        log.info("dpo epoch %d: loss %.3f, accuracy %.3f", epoch, loss.item(), accuracy.item())
+
+    model.eval()
+    held = _pair_logprobs(model, held_out, pad) - _pair_logprobs(sft, held_out, pad)  # (H, 2) implicit rewards
+    margins = torch.tensor([m for _, _, m, _ in held_out])
+    decided = margins.abs() > 1e-6
+    prefers_chosen = held[:, 0] > held[:, 1]
+    prompts = [language.sample_prompt(random.Random(cfg.task.language_seed + HELD_OUT_SEED + i)) for i in range(512)]
+    report = {"pairs": len(pairs), "easy_pairs": len(easy), "easy_gap_threshold": gaps[order[easy_count - 1]].item(),
+              "median_gap": gaps.median().item(), "final_loss": loss.item(), "final_batch_accuracy": accuracy.item(),
+              "held_out_label_accuracy": prefers_chosen.float().mean().item(),
+              "held_out_gold_accuracy": (prefers_chosen == (margins > 0))[decided].float().mean().item()}
+    for name, policy in (("sft", sft), ("dpo", model)):
+        texts, finished, tokens = sample_responses(policy, tokenizer, prompts, cfg.ppo.max_new_tokens)
+        report[f"{name}_gold_mean"] = sum(gold(prompts, texts, finished)) / len(prompts)
+        if name == "dpo":  # KL(dpo || sft) per response, on the DPO model's own samples
+            samples = [(p + t, p + t, 0.0, len(p)) for p, t in zip(encode(tokenizer, prompts), tokens)]
+            kl = _pair_logprobs(model, samples, pad)[:, 0] - _pair_logprobs(sft, samples, pad)[:, 0]
+            report["dpo_kl_to_sft"] = kl.mean().item()
+    log.info("reference dpo: %s", report)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "dpo_report.json").write_text(json.dumps(report, indent=2))
+
+
 def prepare(cfg: Config, cache_root: Path) -> ToyArtifacts:
-    """Build (or find in the cache) the SFT policy and the proxy reward model of the toy task."""
+    """Build (or find in the cache) the SFT policy, the proxy reward model (every member of a
+    [reward_ensemble]) and the [reference] of the toy task."""
     language = ToyLanguage.build(cfg.task.language_seed)
     code = code_fingerprint(__name__)  # any change to the builders (or what they import) rebuilds
     sft_spec = {"stage": "sft", "code": code, "language_seed": cfg.task.language_seed,
@@ -248,5 +382,20 @@ def prepare(cfg: Config, cache_root: Path) -> ToyArtifacts:
     sft_dir = cached_build(cache_root, "toy-sft", sft_spec, lambda out: _train_sft(out, cfg, language))
     rm_spec = {"stage": "rm", "code": code, "sft": sft_spec, "rm": asdict(cfg.task.rm),
                "max_new_tokens": cfg.ppo.max_new_tokens}
-    rm_dir = cached_build(cache_root, "toy-rm", rm_spec, lambda out: _train_rm(out, cfg, language, sft_dir))
-    return ToyArtifacts(sft_dir=sft_dir, rm_dir=rm_dir, language=language)
+    rm_dirs = tuple(cached_build(cache_root, "toy-rm", {**rm_spec, "member": k} if k else rm_spec,
+                                 lambda out, k=k: _train_rm(out, cfg, language, sft_dir, k))
+                    for k in range(cfg.reward_ensemble.members))
+    reference_dir = sft_dir
+    if cfg.reference.name == Reference.soup:
+        second_spec = {**sft_spec, "member": 1}
+        second_dir = cached_build(cache_root, "toy-sft", second_spec, lambda out: _train_sft(out, cfg, language, 1))
+        soup_spec = {"stage": "soup", "code": code, "models": [sft_spec, second_spec],
+                     "weight": cfg.reference.soup_weight}
+        reference_dir = cached_build(cache_root, "toy-soup", soup_spec,
+                                     lambda out: _build_soup(out, cfg, language, sft_dir, second_dir))
+    elif cfg.reference.name == Reference.dpo:
+        dpo_spec = {"stage": "dpo", "code": code, "sft": sft_spec, "rm": rm_spec, "dpo": asdict(cfg.task.dpo)}
+        reference_dir = cached_build(cache_root, "toy-dpo", dpo_spec,
+                                     lambda out: _train_dpo(out, cfg, language, sft_dir, rm_dirs[0]))
+    return ToyArtifacts(sft_dir=sft_dir, rm_dir=rm_dirs[0], language=language, rm_dirs=rm_dirs,
+                        reference_dir=reference_dir)
