@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_lab.config import Config, ConfigError, Distributed, OnOff, Reference, RewardEnsemble, TaskKind
+from rlhf_lab.config import Config, ConfigError, Distributed, OnOff, Reference, TaskKind
 from rlhf_lab.data import Stream, prompt_stream, sft_stream
 from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, weight_soup, with_lora)
@@ -44,7 +44,7 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         gold = GoldReward(language)
     else:
         policy_path, rm_path = cfg.model.policy, cfg.model.reward_model
-        ensemble = cfg.reward_ensemble.name != RewardEnsemble.off
+        ensemble = cfg.reward_ensemble.members > 1  # [reward_ensemble] on: its list of checkpoints
         rm_paths = list(cfg.reward_ensemble.reward_models) if ensemble else [rm_path]
         reference_paths = {Reference.sft: [policy_path], Reference.soup: [policy_path, cfg.reference.soup_with],
                            Reference.dpo: [cfg.reference.path]}[cfg.reference.name]
