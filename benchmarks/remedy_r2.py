@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from rlhf_lab.config import PolicyFilter, RewardEnsemble, register_schema, to_config
 from rlhf_lab.data import encode
 from rlhf_lab.metrics import r_squared
-from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer
+from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, quiet_transformers
 from rlhf_lab.packing import pack, pad_left
 from rlhf_lab.paths import cache_dir, conf_dir
-from rlhf_lab.roles import RewardEnsemble as Ensemble
+from rlhf_lab.roles import RewardModels
 from rlhf_lab.roles import RewardModel
 from rlhf_lab.toy import stages
 from rlhf_lab.toy.gold import GoldReward
@@ -28,7 +28,7 @@ from rlhf_lab.tricks import ENSEMBLES, FILTERS
 
 
 @torch.no_grad()
-def member_scores(ensemble: Ensemble, sequences: list[list[int]], pad: int, batch: int = 512) -> torch.Tensor:
+def member_scores(ensemble: RewardModels, sequences: list[list[int]], pad: int, batch: int = 512) -> torch.Tensor:
     """(len(sequences), K) scores of every member."""
     return torch.cat([ensemble(pack(*pad_left(sequences[i:i + batch], pad))) for i in range(0, len(sequences), batch)])
 
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides")
     args = parser.parse_args()
     register_schema()
+    quiet_transformers()
     torch.manual_seed(0)
     print(f"| language_seed | proxy | {' | '.join(f.value for f in FILTERS)} | "
           f"{' | '.join(e.value for e in RewardEnsemble if e != RewardEnsemble.off)} |")
@@ -60,7 +61,7 @@ def main() -> None:
                    for _ in range(args.n)]
         texts, finished, tokens = stages.sample_responses(policy, tokenizer, prompts, cfg.ppo.max_new_tokens)
         gold = torch.tensor(GoldReward(artefacts.language)(prompts, texts, finished))
-        ensemble = Ensemble([RewardModel(load_reward_model(d, torch.float32).eval()) for d in artefacts.rm_dirs])
+        ensemble = RewardModels([RewardModel(load_reward_model(d, torch.float32).eval()) for d in artefacts.rm_dirs])
         scores = member_scores(ensemble, [p + t for p, t in zip(encode(tokenizer, prompts), tokens)],
                                tokenizer.pad_token_id)
         proxy = scores[:, 0]

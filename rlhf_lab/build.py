@@ -18,7 +18,7 @@ from rlhf_lab.data import Stream, prompt_stream, sft_stream
 from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, weight_soup, with_lora)
 from rlhf_lab.paths import cache_dir
-from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardEnsemble, RewardModel, check_forward, hf_model
+from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardModel, RewardModels, check_forward, hf_model
 from rlhf_lab.rollout import HFGenerate, generation_config, kv_cache
 from rlhf_lab.runtime import Runtime
 from rlhf_lab.trainer import PPOTrainer
@@ -92,7 +92,7 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
             critic = with_lora(critic, cfg.lora, "SEQ_CLS")
     policy_role, critic_role = Policy(policy), Critic(critic) if critic is not None else None
     reference_role = AdapterFreePolicy(policy_role) if lora else Policy(reference)
-    reward_role = RewardEnsemble([RewardModel(model) for model in reward_models])
+    reward_role = RewardModels([RewardModel(model) for model in reward_models])
     trainable_roles = [role for role in (policy_role, critic_role) if role is not None]
     for role in (*trainable_roles, reference_role, reward_role):
         role.eval()  # always: dropout would make the PPO ratio != 1 and the KL != 0 on unchanged weights

@@ -111,7 +111,7 @@ class RewardModel(nn.Module):
         return model.score(backbone_states(model, packing)[packing.last]).squeeze(-1).float()
 
 
-class RewardEnsemble(nn.Module):
+class RewardModels(nn.Module):
     """K reward models scoring the same sequences (K = 1 without [reward_ensemble]); one module, so it is placed,
     offloaded and sharded like a single reward model."""
 

@@ -76,7 +76,7 @@ class Rollout:
 
 class PPOTrainer:
     """The PPO loop over four role modules: `policy` (Policy) and `critic` (Critic) train with their optimisers;
-    `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardEnsemble: one reward model
+    `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardModels: one reward model
     or several) are frozen."""
 
     def __init__(self, cfg: Config, runtime: Runtime, *, policy: nn.Module, reference: nn.Module,
