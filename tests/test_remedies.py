@@ -276,3 +276,53 @@ def test_remedies_on_two_sharded_ranks(stage_cache, tmp_path):
                  "ppo.samples_per_prompt=4", "iterations=3")
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert all(row["reward/ensemble_std"] > 0 for row in rows)
+
+
+def test_remedies_on_local_hf_checkpoints(tiny_checkpoints, tmp_path):
+    """model=hf: an ensemble of listed reward-model checkpoints, a soup of two policy checkpoints as the
+    reference, a DPO reference given by path: the run completes, the soup is the average of the two files, and
+    a missing member path is a named error before any model loads."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_lab.build import load_reference
+    from rlhf_lab.rundir import read_jsonl
+
+    sft_dir, rm_dir = tiny_checkpoints
+    other = tmp_path / "other_sft"
+    model = AutoModelForCausalLM.from_pretrained(str(sft_dir))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    model.save_pretrained(other)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"the zovo is {w} . review :"}) for w in ("red", "old")))
+    common = ["task=jsonl", f"task.prompts_file={prompts}", "model=hf", f"model.policy={sft_dir}",
+              f"model.reward_model={rm_dir}", "ptx_loss=off", "ppo.batch_size=8", "ppo.max_new_tokens=6",
+              "critic_pretrain.steps=1", "iterations=2", "run.progress=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def run(name, *overrides):
+        return subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *common, *overrides,
+                               f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True, timeout=300,
+                              env=env)
+
+    out = run("soup", "reward_ensemble=min", f"reward_ensemble.reward_models=[{rm_dir},{rm_dir}]",
+              "reference=soup", f"reference.soup_with={other}", "reference.soup_weight=0.25")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "soup" / "metrics.jsonl")
+    assert len(rows) == 2 and rows[0]["reward/ensemble_std"] == 0  # two copies of one model agree
+    assert rows[0]["kl/ref_k1"] != 0  # the policy starts at the SFT model, away from the soup
+    soup = load_reference([sft_dir, other], 0.25, torch.float32).state_dict()
+    first, second = AutoModelForCausalLM.from_pretrained(str(sft_dir)).state_dict(), model.state_dict()
+    for key in first:
+        torch.testing.assert_close(soup[key], 0.25 * first[key] + 0.75 * second[key])
+
+    out = run("dpo", "reference=dpo", f"reference.path={other}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = run("bad", "reward_ensemble=mean", f"reward_ensemble.reward_models=[{rm_dir},{tmp_path / 'nowhere'}]")
+    assert out.returncode != 0 and "reward_ensemble.reward_models[1]" in out.stderr + out.stdout
