@@ -2,7 +2,8 @@
 
 Reads run directories (docs/architecture.md, "Run directory") and the W&B runs rlhf-lab logs (``analysis.wandb_runs``:
 offline run directories through wandb's command line, or the cloud API); never imports torch or rlhf_lab.
-``import analysis`` does not load matplotlib (nor wandb) either: ``write_report`` and ``write_figures`` import it on first use.
+``import analysis`` does not load matplotlib (nor wandb, nor scipy) either: ``write_report``, ``write_figures`` and
+``arm_effects`` import them on first use.
 """
 
 import importlib
@@ -12,7 +13,7 @@ from analysis.wandb_runs import load_wandb_runs
 from analysis.stability import (CollapseResult, CollapseRules, arm_summary, detect_collapse, run_metrics,
                                 run_stability, stability_criteria)
 
-_LAZY = {"write_report": "analysis.report", "write_figures": "analysis.plots"}
+_LAZY = {"write_report": "analysis.report", "write_figures": "analysis.plots", "arm_effects": "analysis.effects"}
 
 __all__ = ["CollapseResult", "CollapseRules", "arm_summary", "detect_collapse", "find_run_dirs", "load_runs",
            "load_samples", "load_wandb_runs", "read_jsonl", "run_metrics", "run_stability", "stability_criteria",

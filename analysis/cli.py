@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis.effects import default_baseline
 from analysis.load import RUN_FILE, frames_from_runs, read_runs
 from analysis.report import write_report
 from analysis.stability import DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="KL budgets (nats) for reward-at-KL, comma-separated (default 1,3,10)")
     parser.add_argument("--samples-per-step", type=int, default=3,
                         help="sample responses shown per arm and step (default %(default)s)")
+    parser.add_argument("--baseline", metavar="ARM",
+                        help="add each arm's effect against this arm, paired by seed and instance (effects.csv, "
+                             "table, forest plot); default: ppo_max or vanilla when one is an arm; 'none': off")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -113,9 +117,17 @@ def main(argv=None) -> int:
         print("rlhf-report: error: no run directories (directories containing run.json) or W&B runs found in "
               + ", ".join(str(p) for p in sources), file=sys.stderr)
         return 1
+    arms = list(dict.fromkeys(runs["arm"]))
+    baseline = default_baseline(arms) if args.baseline is None else (None if args.baseline == "none" else args.baseline)
+    if baseline is not None and baseline not in arms:
+        print(f"rlhf-report: error: --baseline {baseline!r} is not an arm of these runs; expected one of: "
+              + ", ".join(arms), file=sys.stderr)
+        return 2
+    if len(arms) < 2:
+        baseline = None  # nothing to compare
     out_dir = args.output or (default_output(args.paths[0]) if args.paths else Path("report"))
     report = write_report(runs, traces, out_dir, rules, args.final_window, args.kl_budgets,
-                          args.samples_per_step, sources=sources)
+                          args.samples_per_step, sources=sources, baseline=baseline)
     print(f"rlhf-report: {len(runs)} runs; wrote {report} (and report.md, summary.csv, runs.csv, figures/) "
           f"in {out_dir}")
     return 0

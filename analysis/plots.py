@@ -6,6 +6,9 @@
 * ``frontier``: proxy and gold reward against sqrt(KL), the arm means over training; dots: each run's
   final values.
 * ``stability_heatmap``: arms x stability criteria, the fraction of the arm's runs passing each.
+* ``effects`` (with a baseline arm): a forest plot, one panel per metric, one row per arm: its effect
+  against the baseline with the 95% interval (filled: paired by seed and instance; open: unpaired), and a line
+  at 0 (no effect).
 
 KL is ``kl/ref_k3`` when logged, else ``kl/ref_k1`` (``names.KL_PREFERENCE``). Every figure aggregates per
 arm first, so a sweep of hundreds of runs draws as fast as a handful.
@@ -146,11 +149,38 @@ def stability_heatmap(summary: pd.DataFrame) -> Figure:
     return fig
 
 
+def forest(effects: pd.DataFrame) -> Figure:
+    """Effects against the baseline (``analysis.effects.arm_effects``): one panel per metric, arms top-down."""
+    known = effects.groupby("label", sort=False)["effect"].apply(lambda e: e.notna().any())
+    labels = [label for label, any_known in known.items() if any_known]  # e.g. no onset without collapses
+    arms = list(dict.fromkeys(effects["arm"]))
+    fig = Figure(figsize=(3.2 * len(labels), 0.9 + 0.38 * len(arms)), layout="constrained")
+    axes = fig.subplots(1, len(labels), sharey=True, squeeze=False)[0]
+    y = {arm: i for i, arm in enumerate(reversed(arms))}
+    for ax, label in zip(axes, labels):
+        rows = effects[effects["label"] == label]
+        for row in rows.to_dict("records"):
+            at = y[row["arm"]]
+            if not np.isnan(row["ci95_low"]):
+                ax.plot([row["ci95_low"], row["ci95_high"]], [at, at], color="#3465a4", lw=1.6)
+            ax.plot(row["effect"], at, "o", color="#3465a4", mfc="#3465a4" if row["paired"] else "white", ms=5)
+        ax.axvline(0, color="#888", lw=0.8, ls="--")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[0].set_yticks(list(y.values()), list(y.keys()))
+    axes[0].set_ylim(-0.6, len(arms) - 0.4)
+    baseline = effects["baseline"].iloc[0] if len(effects) else ""
+    fig.suptitle(f"effect of each arm against {baseline} (95% CI; filled: paired by seed and instance)",
+                 fontsize=10)
+    return fig
+
+
 def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFrame, summary: pd.DataFrame,
-                  out_dir, window: int) -> dict[str, Path]:
+                  out_dir, window: int, effects: pd.DataFrame | None = None) -> dict[str, Path]:
     """Draw and save every figure into ``out_dir`` (PNG + SVG); return {figure name: PNG path}.
 
-    Figures whose metrics no run logged are left out (e.g. no frontier without KL).
+    Figures whose metrics no run logged are left out (e.g. no frontier without KL); ``effects`` adds the
+    forest plot.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,4 +198,6 @@ def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFr
             figures["frontier"] = _save(frontier(bands, kl_metric, rewards, stability, colours), out_dir,
                                         "frontier")
     figures["stability_heatmap"] = _save(stability_heatmap(summary), out_dir, "stability_heatmap")
+    if effects is not None and len(effects):
+        figures["effects"] = _save(forest(effects), out_dir, "effects")
     return figures

@@ -7,7 +7,9 @@
 * ``report.md``: the same, with the figures linked as files;
 * ``summary.csv`` (``arm_summary``: one row per arm), ``runs.csv`` (``run_stability`` joined with the
   ``runs`` frame: one row per run);
-* ``figures/{traces,frontier,stability_heatmap}.{png,svg}``.
+* ``figures/{traces,frontier,stability_heatmap}.{png,svg}``;
+* with a ``baseline`` arm: ``effects.csv`` (``analysis.effects.arm_effects``), its table in both reports and
+  ``figures/effects.{png,svg}`` (the forest plot).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.effects import arm_effects, display_effects
 from analysis.load import SAMPLES_FILE, load_samples
 from analysis.plots import write_figures
 from analysis.stability import (DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules, arm_summary,
@@ -29,7 +32,11 @@ FIGURE_TITLES = {
     "traces": "Training traces per arm (mean of smoothed runs, band: min-max over runs)",
     "frontier": "Reward vs sqrt(KL) frontier",
     "stability_heatmap": "Stability criteria: fraction of runs passing",
+    "effects": "Effects against the baseline arm (forest plot)",
 }
+EFFECTS_NOTE = ("Each arm's mean minus the baseline's over runs, [95% CI]: paired by seed and testbed instance "
+                "(\"pairs\": how many), else Welch's unpaired interval. Collapse fraction: the difference in the "
+                "share of runs collapsed; collapse onset: over runs that collapsed.")
 MAX_RESPONSE_CHARS = 1200
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -45,10 +52,12 @@ pre { white-space: pre-wrap; background: #f7f7f7; padding: .5em; border-radius: 
 
 def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: CollapseRules = CollapseRules(),
                  final_window: int = DEFAULT_FINAL_WINDOW, kl_budgets=DEFAULT_KL_BUDGETS,
-                 samples_per_step: int = 3, sources=()) -> Path:
+                 samples_per_step: int = 3, sources=(), baseline: str | None = None) -> Path:
     """Write the full report of ``load_runs``' frames into ``out_dir``; return the path of report.html.
 
-    ``sources``: the input paths, listed in the report's header. Raises ValueError when ``runs`` is empty.
+    ``sources``: the input paths, listed in the report's header. ``baseline``: an arm; adds the effects of
+    every other arm against it (effects.csv, a table and the forest plot; analysis.effects). Raises ValueError
+    when ``runs`` is empty or ``baseline`` is not one of its arms.
     """
     if runs.empty:
         raise ValueError("no runs to report")
@@ -58,11 +67,17 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
     summary = arm_summary(stability, rules)
     summary.to_csv(out_dir / "summary.csv", index=False)
     extra = runs[[c for c in runs.columns if c not in stability.columns or c == "run_id"]]
-    stability.merge(extra, on="run_id", how="left").to_csv(out_dir / "runs.csv", index=False)
-    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window)
+    per_run = stability.merge(extra, on="run_id", how="left")
+    per_run.to_csv(out_dir / "runs.csv", index=False)
+    effects = None
+    if baseline is not None:
+        effects = arm_effects(per_run, baseline)
+        effects.to_csv(out_dir / "effects.csv", index=False)
+    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects)
     report = {
         "header": _header(runs, stability, sources),
         "summary": display_summary(summary, kl_budgets),
+        "effects": None if effects is None else (baseline, display_effects(effects)),
         "figures": figures,
         "samples": arm_samples(runs, stability, samples_per_step),
         "runs": display_runs(stability),
@@ -207,6 +222,10 @@ def render_html(report: dict) -> str:
     parts += [f'<p class="meta">{e(line)}</p>' for line in report["header"]]
     parts += ["<h2>Summary per arm</h2>", "<p>Mean ± 95% CI (t) over seeds; details in summary.csv.</p>",
               report["summary"].to_html(index=False, border=0, na_rep="–")]
+    if report.get("effects") is not None:
+        baseline, table = report["effects"]
+        parts += [f"<h2>Effects against {e(baseline)}</h2>", f"<p>{e(EFFECTS_NOTE)} Details in effects.csv.</p>",
+                  table.to_html(index=False, border=0, na_rep="–")]
     parts.append("<h2>Figures</h2>")
     for name, png in report["figures"].items():
         data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
@@ -262,7 +281,12 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     """The Markdown version of the report (figures linked as files relative to ``out_dir``)."""
     lines = ["# RLHF stability report", ""] + [f"{line}  " for line in report["header"]]
     lines += ["", "## Summary per arm", "", "Mean ± 95% CI (t) over seeds; details in summary.csv.", "",
-              _markdown_table(report["summary"].astype(str)), "", "## Figures", ""]
+              _markdown_table(report["summary"].astype(str)), ""]
+    if report.get("effects") is not None:
+        baseline, table = report["effects"]
+        lines += [f"## Effects against {baseline}", "", f"{EFFECTS_NOTE} Details in effects.csv.", "",
+                  _markdown_table(table.astype(str)), ""]
+    lines += ["## Figures", ""]
     for name, png in report["figures"].items():
         lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({Path(png).relative_to(out_dir)})",
                   "", f"SVG: figures/{name}.svg", ""]

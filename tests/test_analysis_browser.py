@@ -39,11 +39,11 @@ def _chromium(tmp_path, *args) -> str:
 
 @pytest.fixture(scope="module")
 def report_html(tmp_path_factory):
-    """A report of a small two-arm sweep."""
+    """A report of a small two-arm sweep, with the effects of vanilla against ppo_max."""
     sweep = write_sweep(tmp_path_factory.mktemp("browser") / "sweep", {"vanilla": 50, "ppo_max": None},
                         seeds=(0, 1), n_steps=120)
     runs, traces = load_runs(sweep)
-    return write_report(runs, traces, sweep / "report")
+    return write_report(runs, traces, sweep / "report", baseline="ppo_max")
 
 
 def test_every_image_of_the_report_decodes(report_html, tmp_path):
@@ -51,8 +51,8 @@ def test_every_image_of_the_report_decodes(report_html, tmp_path):
     probed.write_text(report_html.read_text().replace("</body>", PROBE + "</body>"))
     dom = _chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
     decoded, total = map(int, re.search(r'<p id="probe">decoded (\d+) of (\d+)</p>', dom).groups())
-    assert total == 4  # three figures and the broken control
-    assert decoded == 3
+    assert total == 5  # four figures (the forest plot of the effects too) and the broken control
+    assert decoded == 4
 
 
 def test_screenshot_is_not_blank(report_html, tmp_path):

@@ -41,7 +41,7 @@ def test_writes_every_file_into_the_default_output(report):
     assert str(out / "report.html") in stdout
     for name in ["report.html", "report.md", "summary.csv", "runs.csv"]:
         assert (out / name).stat().st_size > 0, name
-    for figure in ["traces", "frontier", "stability_heatmap"]:
+    for figure in ["traces", "frontier", "stability_heatmap", "effects"]:  # effects: against ppo_max, the default
         for ext in ["png", "svg"]:
             assert (out / "figures" / f"{figure}.{ext}").stat().st_size > 1000, (figure, ext)
 
@@ -72,7 +72,7 @@ def test_runs_csv_has_one_row_per_run(report):
 def test_html_is_self_contained_with_escaped_samples(report):
     page = (report[2] / "report.html").read_text()
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert len([s for s in sources if s.startswith("data:image/png;base64,")]) == 3
+    assert len([s for s in sources if s.startswith("data:image/png;base64,")]) == 4  # with the effects' forest
     assert all(s.startswith("data:") for s in sources)
     assert "<script" not in page
     assert "&lt;b&gt;nice&lt;/b&gt;" in page and "<b>nice</b>" not in page
@@ -86,7 +86,7 @@ def test_html_is_self_contained_with_escaped_samples(report):
 def test_markdown_links_existing_figures(report):
     markdown = (report[2] / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert len(links) == 3 and all((report[2] / link).is_file() for link in links)
+    assert len(links) == 4 and all((report[2] / link).is_file() for link in links)  # effects vs ppo_max too
     assert "| arm | runs | completed |" in markdown
     assert "## Collapse rules" in markdown
 
