@@ -59,7 +59,7 @@ def arm_bands(runs: pd.DataFrame, traces: pd.DataFrame, metrics, window: int) ->
     return bands
 
 
-def _save(fig: Figure, out_dir: Path, name: str) -> Path:
+def save_figure(fig: Figure, out_dir: Path, name: str) -> Path:
     """Save ``fig`` as name.png and name.svg in out_dir; return the PNG path."""
     png = out_dir / f"{name}.png"
     fig.savefig(png, dpi=PNG_DPI)
@@ -192,12 +192,12 @@ def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFr
     figures = {}
     if panels:
         bands = arm_bands(runs, traces, [metric for metric, _ in panels], window)
-        figures["traces"] = _save(trace_grid(bands, panels, stability, colours), out_dir, "traces")
+        figures["traces"] = save_figure(trace_grid(bands, panels, stability, colours), out_dir, "traces")
         rewards = [(metric, title) for metric, title in panels if metric in (PROXY, GOLD)]
         if kl_metric and rewards:
-            figures["frontier"] = _save(frontier(bands, kl_metric, rewards, stability, colours), out_dir,
+            figures["frontier"] = save_figure(frontier(bands, kl_metric, rewards, stability, colours), out_dir,
                                         "frontier")
-    figures["stability_heatmap"] = _save(stability_heatmap(summary), out_dir, "stability_heatmap")
+    figures["stability_heatmap"] = save_figure(stability_heatmap(summary), out_dir, "stability_heatmap")
     if effects is not None and len(effects):
-        figures["effects"] = _save(forest(effects), out_dir, "effects")
+        figures["effects"] = save_figure(forest(effects), out_dir, "effects")
     return figures

@@ -254,7 +254,7 @@ def render_html(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _markdown_table(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     """A pipe table of a frame of strings."""
     def row(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
@@ -281,11 +281,11 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     """The Markdown version of the report (figures linked as files relative to ``out_dir``)."""
     lines = ["# RLHF stability report", ""] + [f"{line}  " for line in report["header"]]
     lines += ["", "## Summary per arm", "", "Mean ± 95% CI (t) over seeds; details in summary.csv.", "",
-              _markdown_table(report["summary"].astype(str)), ""]
+              markdown_table(report["summary"].astype(str)), ""]
     if report.get("effects") is not None:
         baseline, table = report["effects"]
         lines += [f"## Effects against {baseline}", "", f"{EFFECTS_NOTE} Details in effects.csv.", "",
-                  _markdown_table(table.astype(str)), ""]
+                  markdown_table(table.astype(str)), ""]
     lines += ["## Figures", ""]
     for name, png in report["figures"].items():
         lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({Path(png).relative_to(out_dir)})",
@@ -304,6 +304,6 @@ def render_markdown(report: dict, out_dir: Path) -> str:
             for sample in samples.to_dict("records"):
                 lines += [f"Prompt ({_sample_caption(sample)}):", "", _fence(_clip(sample["prompt"])), "",
                           "Response:", "", _fence(_clip(sample["response"])), ""]
-    lines += ["## Runs", "", _markdown_table(report["runs"]), "", "## Collapse rules", ""]
+    lines += ["## Runs", "", markdown_table(report["runs"]), "", "## Collapse rules", ""]
     lines += [f"- {line}" for line in report["rules"]]
     return "\n".join(lines) + "\n"

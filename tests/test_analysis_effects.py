@@ -115,3 +115,21 @@ def test_rlhf_report_writes_the_effects(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([str(sweep), "-o", str(tmp_path / "off"), "--baseline", "none", "--no-progress"]) == 0
     assert not (tmp_path / "off" / "effects.csv").exists()
+
+
+def test_the_atlas_script_rebuilds_tables_and_forest_plots(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sweep = write_sweep(tmp_path / "leave_one_out", {"ppo_max": None, "no_kl_penalty": 60, "no_grad_clip": None},
+                        seeds=(0, 1), n_steps=100)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_atlas.py"
+    out = subprocess.run([sys.executable, str(script), f"{sweep}=ppo_max", "-o", str(tmp_path / "atlas")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| no_kl_penalty | 2 |" in out.stdout and "| no_grad_clip | 2 |" in out.stdout
+    effects = pd.read_csv(tmp_path / "atlas" / "leave_one_out_effects.csv")
+    assert set(effects["arm"]) == {"no_kl_penalty", "no_grad_clip"}
+    for ext in ("png", "svg"):
+        assert (tmp_path / "atlas" / f"leave_one_out_forest.{ext}").stat().st_size > 1000

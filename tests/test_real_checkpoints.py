@@ -27,7 +27,7 @@ from rlhf_lab.build import build_trainer
 TOL = 1e-4
 
 
-def _save(model, tokenizer, folder: Path, with_reward_model: bool) -> tuple[Path, Path | None]:
+def save_figure(model, tokenizer, folder: Path, with_reward_model: bool) -> tuple[Path, Path | None]:
     model.save_pretrained(folder / "sft")
     tokenizer.save_pretrained(folder / "sft")
     if not with_reward_model:
@@ -79,7 +79,7 @@ def checkpoints(tmp_path_factory, tokenizer, tiny_checkpoints) -> dict[str, tupl
     out = {}
     for name in ("gemma2", "cohere", "gpt2_dropout"):
         has_head = name != "cohere"  # transformers has no CohereForSequenceClassification
-        sft, rm = _save(family(name, tokenizer), tokenizer, root / name, with_reward_model=has_head)
+        sft, rm = save_figure(family(name, tokenizer), tokenizer, root / name, with_reward_model=has_head)
         out[name] = (sft, rm or tiny_checkpoints[1], "sft" if has_head else "reward_model")
     penalised = root / "repetition_penalty" / "sft"
     shutil.copytree(tiny_checkpoints[0], penalised)

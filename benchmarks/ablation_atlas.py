@@ -1,0 +1,54 @@
+"""The README's "What the ablations say": for each ablation sweep, every arm's effect against the sweep's base
+arm (analysis.effects: paired by PPO seed and testbed instance), as a Markdown table, a CSV and a forest plot.
+
+    python benchmarks/ablation_atlas.py <sweep dir>=<baseline arm> [...] [-o benchmarks/results/atlas]
+
+e.g. ``/work/sweeps/leave_one_out=ppo_max /work/sweeps/add_one_in=vanilla``. Per sweep it writes
+``<name>_effects.csv``, ``<name>_effects.md`` and ``<name>_forest.{png,svg}`` (name: the sweep directory's
+name), and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from analysis import load_runs, run_stability
+from analysis.effects import arm_effects, display_effects
+from analysis.plots import forest, save_figure
+from analysis.report import markdown_table
+
+
+def atlas(sweep: Path, baseline: str, out: Path) -> str:
+    """Write one sweep's effects files into ``out``; return its Markdown table."""
+    runs, traces = load_runs(sweep)
+    stability = run_stability(runs, traces)
+    extra = runs[[c for c in runs.columns if c not in stability.columns or c == "run_id"]]
+    effects = arm_effects(stability.merge(extra, on="run_id", how="left"), baseline)
+    name = sweep.name
+    effects.to_csv(out / f"{name}_effects.csv", index=False)
+    instances = runs["config.task.language_seed"].nunique() if "config.task.language_seed" in runs else 1
+    table = (f"{name}: {len(runs)} runs, {runs['arm'].nunique()} arms, {instances} testbed instance(s), against "
+             f"{baseline}\n\n" + markdown_table(display_effects(effects).astype(str)) + "\n")
+    (out / f"{name}_effects.md").write_text(table)
+    save_figure(forest(effects), out, f"{name}_forest")
+    return table
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="<sweep dir>=<baseline arm>")
+    parser.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results/atlas"))
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    for spec in args.sweeps:
+        path, _, baseline = spec.rpartition("=")
+        if not path or not baseline:
+            parser.error(f"expected <sweep dir>=<baseline arm>, got {spec!r}")
+        print(atlas(Path(path), baseline, args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
