@@ -51,6 +51,29 @@ def tiny_trainer(checkpoints, *overrides, seed=0) -> PPOTrainer:
                     sft_examples=Stream(lambda rng: (language.sample_prompt(rng), "the zovo is great ."), seed))
 
 
+def train_three_and_resume(checkpoints, tmp_path, *overrides):
+    """A tiny trainer: critic pre-training, 3 iterations (every metric finite, the policy moved), a checkpoint,
+    and a fresh trainer resumed from it with the same policy weights. -> (trainer, last metrics, last batch,
+    checkpoint folder)."""
+    import math
+
+    from rlhf_lab import checkpoint
+
+    trainer = tiny_trainer(checkpoints, *overrides)
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    trainer.pretrain_critic()
+    for _ in range(3):
+        metrics, batch = trainer.step()
+        assert all(math.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(v, trainer.policy.state_dict()[k]) for k, v in before.items())
+    folder = checkpoint.save(trainer, tmp_path, 3)
+    again = tiny_trainer(checkpoints, *overrides)
+    assert checkpoint.load(again, folder) == 3
+    for key, value in trainer.policy.state_dict().items():
+        torch.testing.assert_close(again.policy.state_dict()[key], value)
+    return trainer, metrics, batch, folder
+
+
 def reward_members(rm_dir: Path, members: int, dtype: torch.dtype) -> list:
     """`members` reward models: the one at rm_dir, then copies whose score heads are redrawn (seed k), so an
     ensemble's members disagree."""

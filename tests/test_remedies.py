@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from conftest import make_config, tiny_trainer
-from rlhf_lab import checkpoint, ppo
+from conftest import make_config, tiny_trainer, train_three_and_resume
+from rlhf_lab import ppo
 from rlhf_lab.config import ConfigError, validate
 from rlhf_lab.metrics import r_squared
 from rlhf_lab.models import weight_soup
@@ -153,25 +153,13 @@ OPTIONS = {f"{preset}_{name}": (f"preset={preset}", *overrides) for preset in ("
 
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_every_remedy_trains_three_iterations_and_resumes(tiny_checkpoints, tmp_path, name):
-    overrides = (*OPTIONS[name], "critic_pretrain.steps=1")
-    trainer = tiny_trainer(tiny_checkpoints, *overrides)
-    cfg = trainer.cfg
-    assert len(trainer.reward_model.members) == cfg.reward_ensemble.members
-    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    trainer.pretrain_critic()
-    for _ in range(3):
-        metrics, batch = trainer.step()
-        assert all(math.isfinite(v) for v in metrics.values())
-    assert batch.member_scores.shape == (8, cfg.reward_ensemble.members)
-    assert ("reward/ensemble_std" in metrics) == (cfg.reward_ensemble.members > 1)
-    if cfg.reward_ensemble.members > 1:
+    trainer, metrics, batch, _ = train_three_and_resume(tiny_checkpoints, tmp_path, *OPTIONS[name],
+                                                        "critic_pretrain.steps=1")
+    members = trainer.cfg.reward_ensemble.members
+    assert len(trainer.reward_model.members) == members and batch.member_scores.shape == (8, members)
+    assert ("reward/ensemble_std" in metrics) == (members > 1)
+    if members > 1:
         assert metrics["reward/ensemble_std"] == pytest.approx(batch.member_scores.std(1).mean().item(), rel=1e-5)
-    assert any(not torch.equal(v, trainer.policy.state_dict()[k]) for k, v in before.items())
-    folder = checkpoint.save(trainer, tmp_path, 3)
-    again = tiny_trainer(tiny_checkpoints, *overrides)
-    assert checkpoint.load(again, folder) == 3
-    for key, value in trainer.policy.state_dict().items():
-        torch.testing.assert_close(again.policy.state_dict()[key], value)
 
 
 def test_the_filter_trains_on_the_kept_rows_only(tiny_checkpoints):
