@@ -165,6 +165,8 @@ def forest(effects: pd.DataFrame) -> Figure:
                 ax.plot([row["ci95_low"], row["ci95_high"]], [at, at], color="#3465a4", lw=1.6)
             ax.plot(row["effect"], at, "o", color="#3465a4", mfc="#3465a4" if row["paired"] else "white", ms=5)
         ax.axvline(0, color="#888", lw=0.8, ls="--")
+        if rows["metric"].eq("collapsed").all():
+            ax.set_xlim(-1.1, 1.1)  # a difference of two fractions: the whole range, so 0 reads as "no change"
         ax.set_title(label, fontsize=9)
         ax.tick_params(labelsize=8)
     axes[0].set_yticks(list(y.values()), list(y.keys()))

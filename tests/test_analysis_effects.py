@@ -133,3 +133,18 @@ def test_the_atlas_script_rebuilds_tables_and_forest_plots(tmp_path):
     assert set(effects["arm"]) == {"no_kl_penalty", "no_grad_clip"}
     for ext in ("png", "svg"):
         assert (tmp_path / "atlas" / f"leave_one_out_forest.{ext}").stat().st_size > 1000
+
+
+def test_forest_plot_has_a_panel_per_defined_metric_and_a_full_range_for_collapse():
+    """No run collapsed in either arm: no onset panel; the collapse-fraction panel spans -1..1, so a zero effect
+    does not read like a finely resolved one."""
+    from analysis.plots import forest
+
+    frame = pd.concat([runs("base", [0, 1, 2], [0.0, 1.0, 2.0]), runs("arm", [0, 1, 2], [0.1, 1.2, 2.3])])
+    figure = forest(arm_effects(frame, "base"))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["final gold", "peak gold", "final KL", "collapse fraction"]
+    collapse = figure.axes[titles.index("collapse fraction")]
+    low, high = collapse.get_xlim()
+    assert low <= -1 and high >= 1
+    assert figure.axes[0].get_xlim()[1] < 1  # the other panels keep their own scale (gold: 0.2 +- 0.25)
