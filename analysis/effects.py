@@ -7,6 +7,9 @@ minus the baseline's mean over runs. Its interval is a t interval:
   and both values are known: the mean and t interval of the per-pair differences (sd / sqrt(n), n - 1 dof);
 - **unpaired** otherwise (Welch): the difference of the means, sqrt(s1^2 / n1 + s2^2 / n2), with
   Welch-Satterthwaite dof; no interval with fewer than 2 known values on either side.
+``final_kl`` is KL to each run's initial policy (the stability ``kl_metric``: kl/init_k3, else k1, else k2), so
+arms with different KL references are compared on the distance travelled; only a run from before kl/init_* whose
+reference is not its initial policy has its KL to the reference there (the report names such runs).
 ``collapsed`` counts as 0/1, so its effect is the difference in collapse fraction. ``collapse_onset`` is
 defined for collapsed runs only, so its pairs are the pairs where both collapsed.
 """

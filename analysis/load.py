@@ -14,6 +14,12 @@ other line that is not a JSON object with a ``step`` (with a warning); a step lo
 keeps its last row; runs without ``metrics.jsonl`` have no traces; a run whose ``run.json`` cannot be read
 is skipped with a warning.
 
+Run directories from before ``kl/init_k1|k2|k3`` (KL to the run's initial policy) existed are read with them
+where that is what they logged: a run with no ``kl/init_*`` whose reference is its initial policy
+(``tricks.reference`` absent or "sft") gets ``kl/init_kX`` = ``kl/ref_kX`` for each estimator it logged
+(``with_init_kl``). A run whose reference is something else (soup, dpo) keeps only ``kl/ref_*``: the analysis
+then falls back to its KL to the reference (``names.pick_kl_metric``), and the report says so.
+
 W&B runs read the same way (``analysis.wandb_runs``): a path that is a W&B run directory
 (``.../wandb/offline-run-<time>-<id>``), a ``.wandb`` file, or a folder holding W&B run directories outside
 any run directory (e.g. ``<run dir>/wandb``) is read through ``wandb leet inspect --json``; those rows
@@ -34,6 +40,8 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
+from analysis.names import KL_INIT_OF_REF, is_init_kl
+
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
@@ -43,6 +51,7 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 SKIPPED_DIRS = {"checkpoints"}
 SAMPLE_COLUMNS = ["step", "prompt", "response", "reward_proxy", "reward_gold"]
+INITIAL_REFERENCES = (None, "sft")  # tricks.reference values (None: absent) whose reference is the initial policy
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -284,12 +293,24 @@ def read_runs(paths, progress: bool = False) -> list[tuple[dict, pd.DataFrame]]:
 
 
 def frames_from_runs(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(runs, traces)`` from (runs row, wide metrics frame) pairs, as ``load_runs`` returns them."""
+    """``(runs, traces)`` from (runs row, wide metrics frame) pairs, as ``load_runs`` returns them.
+
+    Every source (run directories, W&B run directories, the W&B API) comes through here, and so through
+    ``with_init_kl``."""
     rows = [row for row, _ in pairs]
-    frames = [metrics for _, metrics in pairs]
+    frames = [with_init_kl(row, metrics) for row, metrics in pairs]
     _make_run_ids_unique(rows)
     runs = pd.DataFrame(rows, columns=None if rows else ["run_id", "arm", "seed", "status", "run_dir"])
     return runs, _long_traces(list(runs["run_id"]), frames)
+
+
+def with_init_kl(row: dict, metrics: pd.DataFrame) -> pd.DataFrame:
+    """A run's wide metrics frame, with the reader for runs from before ``kl/init_*``: when it logged no
+    ``kl/init_*`` and its reference is its initial policy (``row["tricks.reference"]`` absent or "sft"),
+    ``kl/init_kX`` = ``kl/ref_kX`` for each estimator it logged; otherwise ``metrics`` unchanged."""
+    if any(is_init_kl(name) for name in metrics.columns) or row.get("tricks.reference") not in INITIAL_REFERENCES:
+        return metrics
+    return metrics.assign(**{KL_INIT_OF_REF[name]: metrics[name] for name in metrics.columns if name in KL_INIT_OF_REF})
 
 
 def _make_run_ids_unique(rows: list[dict]) -> None:

@@ -10,8 +10,11 @@
   against the baseline with the 95% interval (filled: paired by seed and instance; open: unpaired), and a line
   at 0 (no effect).
 
-KL is ``kl/ref_k3`` when logged, else ``kl/ref_k1`` (``names.KL_PREFERENCE``). Every figure aggregates per
-arm first, so a sweep of hundreds of runs draws as fast as a handful.
+KL = kl/init_k3 (to the initial policy; else k1, else k2), the same metric for every run of a figure:
+``names.pick_kl_metric`` over the metrics the runs logged (KL to the reference, kl/ref_*, only when no run
+logged KL to its initial policy); the panel titles and axes name the metric used. A run without that metric
+(from before kl/init_*, with a reference that is not its initial policy) has no KL trace and no frontier dot.
+Every figure aggregates per arm first, so a sweep of hundreds of runs draws as fast as a handful.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.load import wide_traces
-from analysis.names import ENTROPY, GOLD, LENGTH, PPL, PROXY, REPEAT, pick_kl_metric
+from analysis.names import ENTROPY, GOLD, LENGTH, PPL, PROXY, REPEAT, kl_label, pick_kl_metric
 
-KL = "kl"  # placeholder in TRACE_PANELS for the preferred KL estimator
+KL = "kl"  # placeholder in TRACE_PANELS for the preferred KL metric, titled by what it measures (kl_label)
 TRACE_PANELS = (
-    (PROXY, "proxy reward"), (GOLD, "gold reward"), (KL, "KL to reference"), (PPL, "policy perplexity"),
+    (PROXY, "proxy reward"), (GOLD, "gold reward"), (KL, None), (PPL, "policy perplexity"),
     (LENGTH, "mean response length"), (ENTROPY, "policy entropy"), (REPEAT, "repeated n-gram fraction"),
 )
 PNG_DPI = 110
@@ -104,7 +107,8 @@ def trace_grid(bands: pd.DataFrame, panels, stability: pd.DataFrame, colours: di
 
 
 def frontier(bands: pd.DataFrame, kl_metric: str, rewards, stability: pd.DataFrame, colours: dict) -> Figure:
-    """Reward (each of ``rewards``: (metric, title)) against sqrt(KL): arm-mean paths and per-run finals."""
+    """Reward (each of ``rewards``: (metric, title)) against sqrt(KL): arm-mean paths and the final values of
+    the runs measured with ``kl_metric``."""
     fig = Figure(figsize=(5.5 * len(rewards), 4.6), layout="constrained")
     axes = fig.subplots(1, len(rewards), squeeze=False).ravel()
     final_of = {PROXY: "final_proxy", GOLD: "final_gold"}
@@ -118,10 +122,10 @@ def frontier(bands: pd.DataFrame, kl_metric: str, rewards, stability: pd.DataFra
             ax.plot(x, path["reward"], color=colour, lw=1.5)
             if len(path):
                 ax.plot(x.iloc[0], path["reward"].iloc[0], "o", color=colour, mec="black", ms=5)
-            runs = stability[stability["arm"] == arm]
+            runs = stability[(stability["arm"] == arm) & (stability["kl_metric"] == kl_metric)]
             ax.plot(np.sqrt(runs["final_kl"].clip(lower=0)), runs[final_of[metric]], ".", color=colour,
                     alpha=0.6, ms=6)
-        ax.set_title(f"{title} vs sqrt(KL)", fontsize=10)
+        ax.set_title(f"{title} vs sqrt({kl_label(kl_metric)})", fontsize=10)
         ax.set_xlabel(f"sqrt({kl_metric})  [sqrt nats]")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
@@ -188,8 +192,8 @@ def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFr
     out_dir.mkdir(parents=True, exist_ok=True)
     present = set(traces["metric"].unique())
     kl_metric = pick_kl_metric(present)
-    panels = [(kl_metric if metric == KL else metric, title) for metric, title in TRACE_PANELS
-              if (kl_metric if metric == KL else metric) in present]
+    panels = [(kl_metric, kl_label(kl_metric)) if metric == KL else (metric, title) for metric, title in TRACE_PANELS]
+    panels = [(metric, title) for metric, title in panels if metric in present]
     colours = arm_colours(summary["arm"])
     figures = {}
     if panels:

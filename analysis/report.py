@@ -24,9 +24,10 @@ import pandas as pd
 
 from analysis.effects import arm_effects, display_effects
 from analysis.load import SAMPLES_FILE, load_samples
+from analysis.names import KL_PREFERENCE, kl_label
 from analysis.plots import write_figures
 from analysis.stability import (DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules, arm_summary,
-                                run_stability)
+                                reference_kl_runs, run_stability)
 
 FIGURE_TITLES = {
     "traces": "Training traces per arm (mean of smoothed runs, band: min-max over runs)",
@@ -75,13 +76,13 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
         effects.to_csv(out_dir / "effects.csv", index=False)
     figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects)
     report = {
-        "header": _header(runs, stability, sources),
+        "header": _header(runs, stability, sources) + reference_kl_note(runs, stability),
         "summary": display_summary(summary, kl_budgets),
         "effects": None if effects is None else (baseline, display_effects(effects)),
         "figures": figures,
         "samples": arm_samples(runs, stability, samples_per_step),
         "runs": display_runs(stability),
-        "rules": rules_text(rules, final_window),
+        "rules": rules_text(rules, final_window, stability),
     }
     (out_dir / "report.md").write_text(render_markdown(report, out_dir))
     html_path = out_dir / "report.html"
@@ -129,12 +130,13 @@ def display_summary(summary: pd.DataFrame, kl_budgets) -> pd.DataFrame:
 def display_runs(stability: pd.DataFrame) -> pd.DataFrame:
     """The per-run table of the report, as strings."""
     columns = ["run_id", "arm", "seed", "status", "n_steps", "collapsed", "collapse_onset", "collapse_rule",
-               "diverged", "final_proxy", "final_gold", "max_kl", "ppl_ratio", "length_ratio"]
+               "diverged", "final_proxy", "final_gold", "max_kl", "kl_metric", "ppl_ratio", "length_ratio"]
     return stability[columns].map(_fmt)
 
 
-def rules_text(rules: CollapseRules, final_window: int) -> list[str]:
-    """The collapse rules and conventions in words, with this report's values."""
+def rules_text(rules: CollapseRules, final_window: int, stability: pd.DataFrame) -> list[str]:
+    """The collapse rules and conventions in words, with this report's values and the KL metrics its runs used
+    (``stability``: ``run_stability``'s rows)."""
     r = rules
     return [
         f"All signals are smoothed with a centred rolling mean over {r.window} logged steps; "
@@ -150,8 +152,35 @@ def rules_text(rules: CollapseRules, final_window: int) -> list[str]:
         f"fraction ≥ initial + {r.repeat_rise:g}, response length ≥ {r.length_ratio_min:g} × initial. "
         "Onset: the first step of the sustained window.",
         f"Initial = smoothed value at the first logged step (the SFT policy); final = mean of the last "
-        f"{final_window} logged steps; KL = kl/ref_k3 (else k1, else k2).",
+        f"{final_window} logged steps; KL = kl/init_k3 (to the initial policy; else k1, else k2) in every "
+        "KL column, KL budget, criterion, rule and figure, the same distance travelled whatever an arm's KL "
+        "reference; only a run logged before kl/init_* existed, whose reference is not its initial policy, has its "
+        f"KL to the reference instead (kl/ref_k3, else k1, else k2). Used here: {kl_used(stability)}.",
     ]
+
+
+def kl_used(stability: pd.DataFrame) -> str:
+    """The KL metrics ``run_stability``'s runs were measured with, in words: "kl/init_k3 (KL to the initial
+    policy; 6 runs), ..." ("none" when no run logged KL)."""
+    counts = sorted(stability["kl_metric"].value_counts().items(), key=lambda item: KL_PREFERENCE.index(item[0]))
+    return ", ".join(f"{metric} ({kl_label(metric)}; {_runs_count(n)})" for metric, n in counts) or "none"
+
+
+def reference_kl_note(runs: pd.DataFrame, stability: pd.DataFrame) -> list[str]:
+    """A header line naming the runs whose KL is to their reference, not to their initial policy (run
+    directories from before kl/init_* whose reference is not their initial policy); none when there are none."""
+    flagged = reference_kl_runs(stability)
+    if flagged.empty:
+        return []
+    reference = runs.set_index("run_id").get("tricks.reference", pd.Series(dtype=object))
+    names = ", ".join(f"{run_id} (reference={reference.get(run_id, '?')})" for run_id in flagged)
+    return [f"Not comparable across arms: the KL of {_runs_count(len(flagged))} is to the reference, not to the "
+            f"initial policy (logged before kl/init_* existed): {names}."]
+
+
+def _runs_count(n: int) -> str:
+    """"1 run", "2 runs"."""
+    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 def _header(runs: pd.DataFrame, stability: pd.DataFrame, sources) -> list[str]:

@@ -7,7 +7,10 @@ Conventions (all on the logged steps of one run; non-finite values are ignored):
   ceil(window/2) steps);
 * final: the mean of the last ``final_window`` logged raw values (default 10);
 * peak / max: the maximum of the smoothed trace;
-* KL: ``kl/ref_k3`` when logged, else ``kl/ref_k1``, else ``kl/ref_k2`` (see ``names.KL_PREFERENCE``);
+* KL = kl/init_k3 (to the initial policy; else k1, else k2): the distance travelled, the same for every arm
+  whatever its KL reference; for a run from before kl/init_* whose reference is not its initial policy,
+  its KL to the reference (kl/ref_k3, else k1, else k2; ``names.pick_kl_metric``). The KL of each run is
+  picked among the KL metrics it logged; ``run_metrics``' ``kl_metric`` names it;
 * reward at KL budget b: the best smoothed reward over the steps whose smoothed KL is <= b.
 
 The collapse rules are documented on ``CollapseRules`` and ``detect_collapse``.
@@ -22,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import wide_traces
-from analysis.names import ANALYSED, ENTROPY, GOLD, LENGTH, PPL, PROXY, REPEAT, pick_kl_metric
+from analysis.names import (ANALYSED, ENTROPY, GOLD, KL_PREFERENCE, LENGTH, PPL, PROXY, REPEAT, is_init_kl,
+                            pick_kl_metric)
 
 DEFAULT_FINAL_WINDOW = 10
 DEFAULT_KL_BUDGETS = (1.0, 3.0, 10.0)
@@ -47,7 +51,7 @@ class CollapseRules:
         require_proxy_up: the smoothed proxy reward must not have fallen (by more than noise_sigmas noise
             sds) below its value at the gold peak: over-optimisation, not a general breakdown.
     Proxy-free rule, using neither reward (used when gold is absent or ``use_gold`` is False):
-        kl_threshold: smoothed KL to the reference (nats per sequence) above which KL has "exploded".
+        kl_threshold: smoothed KL to the initial policy (nats per sequence) above which KL has "exploded".
         ppl_ratio_max: smoothed policy perplexity / initial at or below this = perplexity dropped.
         repeat_rise: smoothed repeated-n-gram fraction minus initial at or above this = repetitive.
         length_ratio_min: smoothed mean response length / initial at or above this = run-on responses.
@@ -123,6 +127,19 @@ def _finite(trace: pd.DataFrame, metric: str | None) -> pd.Series:
     return series[np.isfinite(series)]
 
 
+def kl_metric_of(trace: pd.DataFrame) -> str | None:
+    """The KL metric of one run's wide trace: ``pick_kl_metric`` among the KL metrics it has finite values of
+    (a per-run frame cut from a sweep's wide frame has every run's columns)."""
+    return pick_kl_metric(name for name in KL_PREFERENCE if len(_finite(trace, name)))
+
+
+def reference_kl_runs(stability: pd.DataFrame) -> pd.Series:
+    """The run ids (of ``run_stability``'s rows) whose KL is to their reference, not to their initial policy:
+    runs from before kl/init_* whose reference is not their initial policy."""
+    kl_metric = stability["kl_metric"]
+    return stability.loc[kl_metric.notna() & ~kl_metric.map(is_init_kl), "run_id"]
+
+
 def _first_sustained(condition: np.ndarray, patience: int) -> int | None:
     """Index of the first run of ``patience`` consecutive True values in ``condition``, or None."""
     if len(condition) < patience:
@@ -158,7 +175,7 @@ def detect_collapse(trace: pd.DataFrame, rules: CollapseRules = CollapseRules())
     gold = _finite(trace, GOLD)
     if rules.use_gold and len(gold) >= rules.window + rules.patience:
         return _detect_gold(gold, _finite(trace, PROXY), rules)
-    kl = _finite(trace, pick_kl_metric(trace.columns))
+    kl = _finite(trace, kl_metric_of(trace))
     signals = _degeneration_signals(trace, kl.index, rules)
     if len(kl) >= rules.window + rules.patience and len(signals) >= rules.min_degeneration_signals:
         return _detect_proxy_free(kl, signals, rules)
@@ -293,7 +310,7 @@ class _Signal:
 def run_metrics(trace: pd.DataFrame, rules: CollapseRules = CollapseRules(),
                 final_window: int = DEFAULT_FINAL_WINDOW, kl_budgets=DEFAULT_KL_BUDGETS) -> dict:
     """Stability metrics of one run's wide trace (index: step, columns: metric names); see module doc."""
-    kl_metric = pick_kl_metric(trace.columns)
+    kl_metric = kl_metric_of(trace)
     proxy, gold, kl, ppl, length, repeat, entropy = (
         _Signal(trace, metric, rules.window) for metric in (PROXY, GOLD, kl_metric, PPL, LENGTH, REPEAT, ENTROPY))
     out = {

@@ -17,7 +17,7 @@ from pathlib import Path
 from analysis import load_runs, run_stability
 from analysis.effects import arm_effects, display_effects
 from analysis.plots import forest, save_figure
-from analysis.report import markdown_table
+from analysis.report import markdown_table, reference_kl_note
 
 
 def atlas(sweep: Path, baseline: str, out: Path) -> str:
@@ -29,8 +29,9 @@ def atlas(sweep: Path, baseline: str, out: Path) -> str:
     name = sweep.name
     effects.to_csv(out / f"{name}_effects.csv", index=False)
     instances = runs["config.task.language_seed"].nunique() if "config.task.language_seed" in runs else 1
+    note = "".join(f"{line}\n\n" for line in reference_kl_note(runs, stability))  # runs whose KL is to their reference
     table = (f"{name}: {len(runs)} runs, {runs['arm'].nunique()} arms, {instances} testbed instance(s), against "
-             f"{baseline}\n\n" + markdown_table(display_effects(effects).astype(str)) + "\n")
+             f"{baseline}\n\n" + note + markdown_table(display_effects(effects).astype(str)) + "\n")
     (out / f"{name}_effects.md").write_text(table)
     save_figure(forest(effects), out, f"{name}_forest")
     return table

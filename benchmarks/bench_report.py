@@ -23,7 +23,7 @@ from analysis_fixtures import write_sweep  # noqa: E402
 
 TARGET_SECONDS = 20.0
 N_METRICS = 40
-MODELLED_METRICS = 9  # synthetic_trace's key metrics; the rest are random-walk filler
+MODELLED_METRICS = 12  # synthetic_trace's key metrics; the rest are random-walk filler
 
 
 def main() -> int:

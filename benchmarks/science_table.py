@@ -1,7 +1,8 @@
 """The README's science table: per arm, mean +- sd over runs (testbed instances x PPO seeds) of the final (mean
-of the last 10 iterations) proxy reward, peak and final gold reward, KL, perplexity, length and repeated-bigram
-fraction, the median seconds per iteration, plus the SFT policy's values (iteration 0 of every run) and how
-many runs the collapse detector flags;
+of the last 10 iterations) proxy reward, peak and final gold reward, KL to the initial policy (kl/init_k3, else
+k1, else k2: analysis.names.pick_kl_metric), perplexity, length and repeated-bigram fraction, the median seconds
+per iteration, plus the SFT policy's values (iteration 0 of every run) and how many runs the collapse detector
+flags;
 then, per testbed instance (`task.language_seed`), the arms' final KL and gold and the effects the science test
 asserts: vanilla's KL over ppo_max's, and ppo_max's gold minus vanilla's.
 
@@ -13,9 +14,8 @@ from __future__ import annotations
 import sys
 
 from analysis import arm_summary, load_runs, run_stability, wide_traces
+from analysis.names import pick_kl_metric
 
-COLUMNS = {"reward/proxy_mean": "proxy", "reward/gold_mean": "gold", "kl/ref_k1": "KL (k1)", "ppl/policy": "ppl",
-           "length/response_mean": "length", "diversity/repeat_ngram_frac": "repeat"}
 INSTANCE = "config.task.language_seed"
 
 
@@ -25,25 +25,28 @@ def cell(values) -> str:
 
 def main(paths: list[str]) -> None:
     runs, traces = load_runs(paths)
-    wide = wide_traces(traces, [*COLUMNS, "perf/iter_seconds"]).reset_index().sort_values(["run_id", "step"])
+    kl = pick_kl_metric(traces["metric"].unique())  # kl/init_k3 (to the initial policy; else k1, else k2)
+    columns = ["reward/proxy_mean", "reward/gold_mean", kl, "ppl/policy", "length/response_mean",
+               "diversity/repeat_ngram_frac"]
+    wide = wide_traces(traces, [*columns, "perf/iter_seconds"]).reset_index().sort_values(["run_id", "step"])
     arm_of = runs.set_index("run_id")["arm"]
-    final = wide.groupby("run_id").tail(10).groupby("run_id")[list(COLUMNS)].mean()
-    initial = wide[wide["step"] == 0].set_index("run_id")[list(COLUMNS)]
+    final = wide.groupby("run_id").tail(10).groupby("run_id")[columns].mean()
+    initial = wide[wide["step"] == 0].set_index("run_id")[columns]
     final["peak gold"] = wide.groupby("run_id")["reward/gold_mean"].apply(
         lambda s: s.rolling(5, center=True).mean().max())
     final["s/it"] = wide.groupby("run_id")["perf/iter_seconds"].median()
     stability = run_stability(runs, traces).set_index("run_id")
     collapsed = arm_summary(run_stability(runs, traces)).set_index("arm")["collapse_frac"]
 
-    header = ["arm (runs)", "final proxy", "peak gold", "final gold", "final KL (k1)", "final ppl", "final length",
+    header = ["arm (runs)", "final proxy", "peak gold", "final gold", f"final KL ({kl})", "final ppl", "final length",
               "final repeat", "s/it", "collapsed"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    sft = [cell(initial[m]) for m in COLUMNS]
+    sft = [cell(initial[m]) for m in columns]
     print(f"| SFT policy (iteration 0, all runs) | {sft[0]} | – | {sft[1]} | {sft[2]} | {sft[3]} | {sft[4]} | "
           f"{sft[5]} | – | – |")
     for arm, group in final.groupby(arm_of):
-        row = [cell(group[m]) for m in ("reward/proxy_mean", "peak gold", "reward/gold_mean", "kl/ref_k1",
+        row = [cell(group[m]) for m in ("reward/proxy_mean", "peak gold", "reward/gold_mean", kl,
                                         "ppl/policy", "length/response_mean", "diversity/repeat_ngram_frac",
                                         "s/it")]
         print(f"| {arm} ({len(group)}) | " + " | ".join(row) + f" | {collapsed[arm]:.0%} |")
@@ -52,7 +55,7 @@ def main(paths: list[str]) -> None:
         return
     final["arm"], final["instance"] = arm_of, runs.set_index("run_id")[INSTANCE]
     final["collapsed"] = stability["collapsed"]
-    per = final.groupby(["instance", "arm"]).agg(kl=("kl/ref_k1", "mean"), gold=("reward/gold_mean", "mean"),
+    per = final.groupby(["instance", "arm"]).agg(kl=(kl, "mean"), gold=("reward/gold_mean", "mean"),
                                                   proxy=("reward/proxy_mean", "mean"),
                                                   collapsed=("collapsed", "mean")).unstack("arm")
     print("\n| language_seed | final KL vanilla / ppo_max | final gold vanilla / ppo_max | final proxy vanilla / "

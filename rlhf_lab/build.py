@@ -39,16 +39,21 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))  # built once under a file lock
         if runtime.is_main:
             runtime.barrier()
-        policy_path, rm_path, language = artefacts.sft_dir, artefacts.rm_dir, artefacts.language
+        policy_path, rm_path, language = artefacts.policy_dir, artefacts.rm_dir, artefacts.language
+        tokenizer_path = artefacts.sft_dir
         rm_paths, reference_paths = artefacts.rm_dirs, [artefacts.reference_dir]
+        prompts = prompt_stream(cfg, language, artefacts.hard_prompts)
         gold = GoldReward(language)
     else:
-        policy_path, rm_path = cfg.model.policy, cfg.model.reward_model
+        # [reference=mpo] the policy starts from the DPO checkpoint it is held to
+        policy_path = cfg.reference.path if cfg.reference.name == Reference.mpo else cfg.model.policy
+        rm_path, tokenizer_path = cfg.model.reward_model, cfg.model.policy
         ensemble = cfg.reward_ensemble.members > 1  # [reward_ensemble] on: its list of checkpoints
         rm_paths = list(cfg.reward_ensemble.reward_models) if ensemble else [rm_path]
         reference_paths = {Reference.sft: [policy_path], Reference.soup: [policy_path, cfg.reference.soup_with],
-                           Reference.dpo: [cfg.reference.path]}[cfg.reference.name]
-    tokenizer = load_tokenizer(policy_path)
+                           Reference.mpo: [policy_path]}[cfg.reference.name]
+        prompts = prompt_stream(cfg, language)
+    tokenizer = load_tokenizer(tokenizer_path)
     lora = cfg.lora.name == OnOff.on
     torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
     # trainable models in fp32 (master weights; autocast computes in the compute dtype), frozen ones in it
@@ -56,11 +61,13 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         cfg, runtime,
         policy=load_policy(policy_path, torch.float32),
         reference=None if lora else load_reference(reference_paths, cfg.reference.soup_weight, runtime.compute_dtype),
+        # the initial policy, for the KL travelled (kl/init_*), where the reference is not where the policy starts
+        initial=None if cfg.reference.starts_policy else load_policy(policy_path, runtime.compute_dtype),
         critic=(make_critic(cfg.critic_init.name, policy_path, rm_path, tokenizer.pad_token_id, torch.float32)
                 if cfg.adv_estimator.uses_critic else None),  # [adv_estimator] critic-free: 3 models
         reward_model=[load_reward_model(path, runtime.compute_dtype) for path in rm_paths],  # [reward_ensemble]
         tokenizer=tokenizer,
-        prompts=prompt_stream(cfg, language),
+        prompts=prompts,
         sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
         gold_reward=gold,
     )
@@ -68,8 +75,11 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
 
 def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, reference: PreTrainedModel | None,
              critic: PreTrainedModel | None, reward_model: PreTrainedModel | list[PreTrainedModel], tokenizer,
-             prompts: Stream, sft_examples: Stream | None = None, gold_reward=None) -> PPOTrainer:
+             prompts: Stream, sft_examples: Stream | None = None, gold_reward=None,
+             initial: PreTrainedModel | None = None) -> PPOTrainer:
     """Loaded models -> a trainer. `reference` is None under lora=on: it is the policy without its adapters.
+    `initial` is a frozen copy of the initial policy where the reference is not the policy's start
+    (reference=soup): KL to it is the distance travelled (kl/init_*); None: the reference is the start.
     A critic-free estimator (adv_estimator != gae) uses no critic: `critic` is then dropped (or None).
     `reward_model` is one model or, for [reward_ensemble], the list of members (their number checked)."""
     lora = cfg.lora.name == OnOff.on
@@ -83,7 +93,7 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
     if len(reward_models) != cfg.reward_ensemble.members:
         raise ValueError(f"reward_ensemble={cfg.reward_ensemble.name.value} scores with "
                          f"{cfg.reward_ensemble.members} reward models: got {len(reward_models)}")
-    for frozen in (reference, *reward_models):
+    for frozen in (reference, initial, *reward_models):
         if frozen is not None:
             frozen.requires_grad_(False)
     if lora:  # [lora]
@@ -93,10 +103,12 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
     policy_role, critic_role = Policy(policy), Critic(critic) if critic is not None else None
     reference_role = AdapterFreePolicy(policy_role) if lora else Policy(reference)
     reward_role = RewardModels([RewardModel(model) for model in reward_models])
+    initial_role = Policy(initial) if initial is not None else None
     trainable_roles = [role for role in (policy_role, critic_role) if role is not None]
-    for role in (*trainable_roles, reference_role, reward_role):
+    frozen_roles = [role for role in (reference_role, reward_role, initial_role) if role is not None]
+    for role in (*trainable_roles, *frozen_roles):
         role.eval()  # always: dropout would make the PPO ratio != 1 and the KL != 0 on unchanged weights
-    for model in (policy, reference, critic, *reward_models):
+    for model in (policy, reference, critic, initial, *reward_models):
         if model is not None:
             check_forward(model)
     if cfg.model.gradient_checkpointing:  # after eval(): see enable_gradient_checkpointing
@@ -104,7 +116,7 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
             enable_gradient_checkpointing(hf_model(role.model))
     for trainable in trainable_roles:
         runtime.shard(trainable.to(runtime.device))  # [fsdp] in place, before the optimisers see the parameters
-    for frozen in (reference_role, reward_role):
+    for frozen in frozen_roles:
         runtime.place_frozen(frozen)
     lrs = (cfg.ppo.policy_lr, cfg.ppo.critic_lr)
     prepared = runtime.prepare(*trainable_roles, *[adamw(role, lr, cfg.ppo.weight_decay)
@@ -117,7 +129,7 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
         cfg.ppo.max_new_tokens, cfg.ppo.temperature, tokenizer.eos_token_id, tokenizer.pad_token_id,
         kv_cache(cfg.rollout.cache, runtime.device)))
     return PPOTrainer(cfg, runtime, policy=policy_role, reference=reference_role, critic=critic_role,
-                      reward_model=reward_role, policy_optimizer=policy_optimizer,
+                      reward_model=reward_role, initial=initial_role, policy_optimizer=policy_optimizer,
                       critic_optimizer=critic_optimizer, engine=engine, tokenizer=tokenizer, prompts=prompts,
                       sft_examples=sft_examples, gold_reward=gold_reward)
 

@@ -47,8 +47,12 @@ class AdvNorm(str, enum.Enum):
     off = "off"
     whiten = "whiten"
     center = "center"
-    group_whiten = "group_whiten"
-    group_mean_batch_std = "group_mean_batch_std"
+
+
+class GroupScale(str, enum.Enum):
+    group = "group"
+    batch = "batch"
+    none = "none"
 
 
 class AdvEstimator(str, enum.Enum):
@@ -77,7 +81,7 @@ class RewardEnsemble(str, enum.Enum):
     mean = "mean"
     min = "min"
     mean_minus_std = "mean_minus_std"
-    robust = "robust"
+    mean_min = "mean_min"
 
 
 class PolicyFilter(str, enum.Enum):
@@ -90,7 +94,7 @@ class PolicyFilter(str, enum.Enum):
 class Reference(str, enum.Enum):
     sft = "sft"
     soup = "soup"
-    dpo = "dpo"
+    mpo = "mpo"
 
 
 class KLPenalty(str, enum.Enum):
@@ -188,10 +192,10 @@ class RewardNormConfig:
 
 @dataclass
 class RewardEnsembleConfig:
-    name: RewardEnsemble = RewardEnsemble.off  # off (one reward model) | mean | min | mean_minus_std | robust (lam * mean + (1 - lam) * min): how the members' scores become one
+    name: RewardEnsemble = RewardEnsemble.off  # off (one reward model) | mean | min | mean_minus_std | mean_min (lam * mean + (1 - lam) * min): how the members' scores become one
     size: Optional[int] = None  # members (null: 3 on the toy task, each trained on its own draw of preference pairs; with reward_models their number)
     reward_models: list[str] = field(default_factory=list)  # model=hf: the members' checkpoints (model.reward_model stays the critic's reward_model init)
-    lam: float = 0.5  # robust: weight of the mean, 1 - lam on the minimum (Reward-Robust RLHF)
+    lam: float = 0.5  # mean_min: weight of the mean, 1 - lam on the minimum
     std_coef: float = 1.0  # mean_minus_std: k in mean - k * std
 
     def __post_init__(self):
@@ -221,19 +225,20 @@ class RewardClipConfig:
 
 @dataclass
 class AdvNormConfig:
-    name: AdvNorm = AdvNorm.off  # off | whiten (zero mean, unit variance over the batch's tokens) | center (zero mean) | group_whiten (mean and std over each prompt's group) | group_mean_batch_std (group mean, batch std: Lite PPO)
+    name: AdvNorm = AdvNorm.off  # off | whiten (zero mean, unit variance over the batch's tokens) | center (zero mean); per-group normalisations belong to the estimator (adv_estimator.scale)
     eps: float = 1e-8  # added to the variance before the square root
-
-    @property
-    def per_group(self) -> bool:
-        return self.name in (AdvNorm.group_whiten, AdvNorm.group_mean_batch_std)
 
 
 @dataclass
 class AdvEstimatorConfig:
     name: AdvEstimator = AdvEstimator.gae  # gae (critic) | grpo | rloo | reinforce_pp | remax (critic-free)
-    std_norm: bool = True  # grpo: divide by the group's std (false: Dr. GRPO)
-    eps: float = 1e-6  # grpo: added to the group's std
+    scale: GroupScale = GroupScale.group  # grpo: the std the group-centred returns are divided by: group (GRPO) | batch (Lite PPO) | none (Dr. GRPO)
+    eps: float = 1e-6  # grpo: added to that std
+
+    @property
+    def needs_groups(self) -> bool:
+        """The estimator compares the responses to one prompt (ppo.samples_per_prompt >= 2)."""
+        return self.name in (AdvEstimator.grpo, AdvEstimator.rloo)
 
     @property
     def uses_critic(self) -> bool:
@@ -273,10 +278,15 @@ class PolicyFilterConfig:
 
 @dataclass
 class ReferenceConfig:
-    name: Reference = Reference.sft  # sft (the initial policy) | soup (SALSA: a weight average of it and a second SFT model) | dpo (MPO: it after DPO on the easy preference pairs); the policy always starts from the SFT model
+    name: Reference = Reference.sft  # sft (the initial policy) | soup (SALSA: the KL reference is a weight average of the SFT model and a second SFT model; the policy starts from the SFT model) | mpo (MPO's second stage: the policy starts from, and is held to, the SFT model after DPO on the easy preference pairs, and PPO trains on the hard prompts)
     soup_weight: float = 0.5  # soup: the SFT model's weight in the average (1 - soup_weight on the second model)
     soup_with: Optional[str] = None  # soup, model=hf: the second SFT checkpoint (toy: trained as a stage, task.sft with another seed)
-    path: Optional[str] = None  # dpo, model=hf: a DPO-trained checkpoint (toy: built as a stage, task.dpo)
+    path: Optional[str] = None  # mpo, model=hf: the DPO-trained checkpoint of MPO's first stage, the policy's start and the reference (toy: built as a stage, task.dpo); task.prompts_file then holds the hard prompts
+
+    @property
+    def starts_policy(self) -> bool:
+        """The policy starts from this reference (sft, mpo), so its KL to it is the distance travelled."""
+        return self.name != Reference.soup
 
     def __post_init__(self):
         _check(0 < self.soup_weight < 1, "reference.soup_weight", "a number in (0, 1)", self.soup_weight)
@@ -416,14 +426,15 @@ class ToyRMConfig:
 @dataclass
 class ToyDPOConfig:
     pairs: int = 4000  # preference pairs among SFT-policy samples (a fresh draw, labelled like the RM's)
-    easy_fraction: float = 0.5  # the share of pairs with the largest |proxy RM score gap| that DPO trains on (MPO's easy pairs)
+    easy_fraction: float = 0.5  # the share of pairs with the largest |proxy RM score gap| that DPO trains on (MPO's easy pairs); the prompts of the others are PPO's (the hard ones)
     beta: float = 0.3  # DPO's beta (the implicit KL coefficient); README "Remedies" says how 0.3 and lr were chosen
     epochs: int = 2  # passes over the easy pairs
     lr: float = 2e-4  # peak AdamW learning rate (one-cycle schedule)
     batch_size: int = 64  # pairs per step
 
     def __post_init__(self):
-        _check(0 < self.easy_fraction <= 1, "task.dpo.easy_fraction", "a number in (0, 1]", self.easy_fraction)
+        _check(0 < self.easy_fraction < 1, "task.dpo.easy_fraction", "a number in (0, 1): the rest are the hard pairs",
+               self.easy_fraction)
         _check(self.beta > 0, "task.dpo.beta", "> 0", self.beta)
         _check(self.pairs * self.easy_fraction >= self.batch_size, "task.dpo.pairs",
                f"at least task.dpo.batch_size / easy_fraction ({self.batch_size} / {self.easy_fraction})",
@@ -438,7 +449,7 @@ class TaskConfig:
     sft_file: Optional[str] = None  # jsonl: optional {"prompt","response"} lines for the ptx loss
     sft: ToySFTConfig = field(default_factory=ToySFTConfig)  # toy: SFT stage
     rm: ToyRMConfig = field(default_factory=ToyRMConfig)  # toy: proxy reward-model stage
-    dpo: ToyDPOConfig = field(default_factory=ToyDPOConfig)  # toy: DPO stage of reference=dpo
+    dpo: ToyDPOConfig = field(default_factory=ToyDPOConfig)  # toy: DPO stage of reference=mpo
 
     def __post_init__(self):
         _check(self.rm.label_noise > 0, "task.rm.label_noise", "> 0", self.rm.label_noise)
@@ -506,6 +517,7 @@ class PPOConfig:
 @dataclass
 class RolloutConfig:
     cache: RolloutCache = RolloutCache.auto  # KV cache of generate: auto (static on cuda, dynamic on cpu) | dynamic | static
+    recompute_logprobs: Optional[bool] = None  # the old log-probs from the training forward pass, not from sampling (null: when precision != fp32, where the KV-cache decode and the full pass round differently)
 
 
 @dataclass
@@ -675,12 +687,9 @@ def validate(cfg: Config) -> list[str]:
     if cfg.ptx_loss.name == OnOff.on and cfg.task.name == TaskKind.jsonl and not cfg.task.sft_file:
         raise ConfigError("ptx_loss=on with task=jsonl needs task.sft_file (SFT data for the LM loss)")
     group = cfg.ppo.samples_per_prompt
-    for key, value, needs_group in (("adv_estimator", cfg.adv_estimator.name.value,
-                                     cfg.adv_estimator.name in (AdvEstimator.grpo, AdvEstimator.rloo)),
-                                    ("adv_norm", cfg.adv_norm.name.value, cfg.adv_norm.per_group)):
-        if needs_group and group < 2:
-            raise ConfigError(f"{key}={value} compares the responses to one prompt: it needs "
-                              f"ppo.samples_per_prompt >= 2 (got {group})")
+    if cfg.adv_estimator.needs_groups and group < 2:
+        raise ConfigError(f"adv_estimator={cfg.adv_estimator.name.value} compares the responses to one prompt: it "
+                          f"needs ppo.samples_per_prompt >= 2 (got {group})")
     check_remedies(cfg)
     if cfg.overlong.name == Overlong.soft_penalty and cfg.overlong.cache >= cfg.ppo.max_new_tokens:
         raise ConfigError(f"overlong.cache={cfg.overlong.cache} is not allowed: expected fewer than "
@@ -704,10 +713,13 @@ def validate(cfg: Config) -> list[str]:
     if cfg.reference.name != Reference.sft and not (kl.in_reward or kl.in_loss):
         found.append(f"reference={cfg.reference.name.value} with kl_penalty=off: the reference only enters the KL "
                      f"penalty, so it has no effect")
+    if cfg.adv_estimator.needs_groups and cfg.adv_norm.name != AdvNorm.off:
+        found.append(f"adv_norm={cfg.adv_norm.name.value} after adv_estimator={cfg.adv_estimator.name.value}: "
+                     f"re-normalising over the batch's tokens undoes the per-group baseline's zero mean (and its "
+                     f"scale); the estimator's papers use adv_norm=off")
     if not cfg.adv_estimator.uses_critic:
         unused = [f"{key}={value}" for key, value, used in (
             ("value_clip", cfg.value_clip.name.value, cfg.value_clip.name == OnOff.on),
-            ("critic_pretrain", cfg.critic_pretrain.name.value, cfg.critic_pretrain.name != CriticPretrain.off),
             ("critic_init", cfg.critic_init.name.value, cfg.critic_init.name != CriticInit.sft)) if used]
         if unused:
             found.append(f"adv_estimator={cfg.adv_estimator.name.value} trains no critic: "
@@ -724,26 +736,22 @@ def check_remedies(cfg: Config) -> None:
                           f"a list of at least 2 reward-model checkpoints (got {list(ens.reward_models)})")
     if ens.name == RewardEnsemble.off and ens.reward_models:
         raise ConfigError("reward_ensemble.reward_models is set with reward_ensemble=off: choose an aggregation "
-                          "(mean, min, mean_minus_std, robust) or drop the list")
+                          "(mean, min, mean_minus_std, mean_min) or drop the list")
     if pf.name != PolicyFilter.off:
         if group < 2:
             raise ConfigError(f"policy_filter={pf.name.value} ranks the responses to one prompt: it needs "
                               f"ppo.samples_per_prompt >= 2 (got {group})")
-        grouped = [f"{key}={value}" for key, value, per_group in (
-            ("adv_estimator", cfg.adv_estimator.name.value,
-             cfg.adv_estimator.name in (AdvEstimator.grpo, AdvEstimator.rloo)),
-            ("adv_norm", cfg.adv_norm.name.value, cfg.adv_norm.per_group)) if per_group]
-        if grouped:
-            raise ConfigError(f"policy_filter={pf.name.value} is not allowed with {', '.join(grouped)}: the filter "
-                              f"breaks up the groups they compare; expected adv_estimator=gae|reinforce_pp|remax "
-                              f"and a batch-wide adv_norm")
+        if cfg.adv_estimator.needs_groups:
+            raise ConfigError(f"policy_filter={pf.name.value} is not allowed with adv_estimator="
+                              f"{cfg.adv_estimator.name.value}: the filter breaks up the groups it compares; expected "
+                              f"adv_estimator=gae|reinforce_pp|remax")
     if ref.name != Reference.sft and cfg.lora.name == OnOff.on:
         raise ConfigError(f"reference={ref.name.value} is not allowed with lora=on: the LoRA reference is the policy "
                           f"with its adapters off, the SFT model; expected reference=sft")
     if hf and ref.name == Reference.soup and not ref.soup_with:
         raise ConfigError("reference=soup with model=hf needs reference.soup_with: the second SFT checkpoint")
-    if hf and ref.name == Reference.dpo and not ref.path:
-        raise ConfigError("reference=dpo with model=hf needs reference.path: a DPO-trained checkpoint "
+    if hf and ref.name == Reference.mpo and not ref.path:
+        raise ConfigError("reference=mpo with model=hf needs reference.path: a DPO-trained checkpoint "
                           "(the toy task builds its own)")
 
 

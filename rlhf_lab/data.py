@@ -49,7 +49,11 @@ def read_jsonl_field(key: str, path: str | Path, *fields: str) -> list:
     return [tuple(row[f] for f in fields) if len(fields) > 1 else row[fields[0]] for row in rows]
 
 
-def prompt_stream(cfg: Config, language: ToyLanguage | None) -> Stream[str]:
+def prompt_stream(cfg: Config, language: ToyLanguage | None, hard_prompts: tuple[str, ...] = ()) -> Stream[str]:
+    """PPO's prompts: the toy language's (or, with [reference=mpo], drawn from MPO's hard prompts), or the
+    prompts file's, drawn with replacement."""
+    if hard_prompts:
+        return Stream(lambda rng: rng.choice(hard_prompts), cfg.seed)
     if cfg.task.name == TaskKind.toy:
         return Stream(language.sample_prompt, cfg.seed)
     prompts = read_jsonl_field("task.prompts_file", cfg.task.prompts_file, *PROMPT_FIELDS)

@@ -62,10 +62,11 @@ def r_squared(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(denominator > 0, (dx * dy).sum() ** 2 / denominator.clamp(min=1e-30), 0.0)
 
 
-def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, entropy, scores, shaped_scores,
-                    gold) -> dict[str, torch.Tensor]:
+def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, init_logp, entropy, scores,
+                    shaped_scores, gold) -> dict[str, torch.Tensor]:
     """The per-iteration metrics that describe the sampled responses (reward, kl, ppl, length, diversity), as
-    0-d tensors (see `fetch`)."""
+    0-d tensors (see `fetch`). KL and perplexity to the reference (`ref_logp`) and to the initial policy
+    (`init_logp`: the distance travelled, comparable across arms whatever their reference)."""
     text_mask = mask * (tokens != eos_id)
     lengths = mask.sum(1)
     finished = ((tokens == eos_id) & mask.bool()).any(1)
@@ -74,6 +75,7 @@ def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, entropy
         "reward/shaped_mean": shaped_scores.mean(),
         "ppl/policy": sequence_perplexity(logp, mask).mean(),
         "ppl/ref": sequence_perplexity(ref_logp, mask).mean(),
+        "ppl/init": sequence_perplexity(init_logp, mask).mean(),
         "length/response_mean": lengths.mean(),
         "length/response_max": lengths.max(),
         "length/response_tokens": lengths.sum(),
@@ -84,8 +86,9 @@ def rollout_metrics(*, tokens, mask, eos_id, vocab_size, logp, ref_logp, entropy
         "entropy/policy_mean": ppo.masked_mean(entropy, mask),
     }
     for estimator in KLEstimator:
-        per_sequence = (ppo.kl_estimate(logp, ref_logp, estimator) * mask).sum(1)
-        metrics[f"kl/ref_{estimator.value}"] = per_sequence.mean()
+        for name, other in (("ref", ref_logp), ("init", init_logp)):
+            per_sequence = (ppo.kl_estimate(logp, other, estimator) * mask).sum(1)
+            metrics[f"kl/{name}_{estimator.value}"] = per_sequence.mean()
     if gold is not None:
         metrics["reward/gold_mean"] = gold.mean()
         metrics["reward/proxy_gold_r2"] = r_squared(scores, gold)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab.config import KLEstimator, LossAgg
+from rlhf_lab.config import GroupScale, KLEstimator, LossAgg
 
 
 # ---------------------------------------------------------------- masked statistics
@@ -114,14 +114,20 @@ def grouped(x: torch.Tensor, group: int) -> torch.Tensor:
     return x.reshape(x.shape[0] // group, group, *x.shape[1:])
 
 
-def grpo_advantages(returns: torch.Tensor, group: int, std_norm: bool = True, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO (Shao et al. 2024): (R - mean of its group) / (std of its group + eps), the std unbiased; without
-    `std_norm` the mean is subtracted only (Dr. GRPO, Liu et al. 2025). (B,) -> (B,)."""
+def grpo_advantages(returns: torch.Tensor, group: int, scale: GroupScale = GroupScale.group,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """A response's return minus its group's mean, divided by a std (unbiased, + eps) that `scale` names:
+    `group`, its group's std: GRPO (Shao et al. 2024, eq. in §4.1.2); `batch`, the std of every return in the batch:
+    Lite PPO's "group-level mean, batch-level std" (Liu et al. 2025, "Tricks or Traps?", §4.1; TRL's
+    scale_rewards="batch"); `none`, no division: Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like
+    Training", §3.2). One number per response, whatever its length. (B,) -> (B,)."""
     g = grouped(returns, group)
-    advantages = g - g.mean(1, keepdim=True)
-    if std_norm:
-        advantages = advantages / (g.std(1, keepdim=True) + eps)
-    return advantages.reshape(-1)
+    advantages = (g - g.mean(1, keepdim=True)).reshape(-1)
+    if scale == GroupScale.group:
+        return advantages / (g.std(1, keepdim=True).expand_as(g).reshape(-1) + eps)
+    if scale == GroupScale.batch:
+        return advantages / (returns.std() + eps)
+    return advantages
 
 
 def rloo_advantages(returns: torch.Tensor, group: int) -> torch.Tensor:
@@ -131,25 +137,13 @@ def rloo_advantages(returns: torch.Tensor, group: int) -> torch.Tensor:
     return (g - others).reshape(-1)
 
 
-def remax_advantages(returns: torch.Tensor, greedy_returns: torch.Tensor) -> torch.Tensor:
-    """ReMax (Li et al. 2024): R minus the return of the greedy response to the same prompt. (B,), (B,) -> (B,)."""
-    return returns - greedy_returns
-
-
-def group_whiten(x: torch.Tensor, mask: torch.Tensor, group: int, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit (unbiased) variance over the masked tokens of each group. (B, R) -> (B, R)."""
-    g, m = grouped(x, group).flatten(1), grouped(mask, group).flatten(1)  # (B / G, G * R)
-    mean, n = masked_mean(g, m, dim=1).unsqueeze(1), m.sum(1, keepdim=True)
-    var = (((g - mean) ** 2) * m).sum(1, keepdim=True) / (n - 1).clamp(min=1)
-    return ((g - mean) * torch.rsqrt(var + eps) * m).reshape(x.shape)
-
-
-def group_mean_batch_std(x: torch.Tensor, mask: torch.Tensor, group: int, eps: float = 1e-8) -> torch.Tensor:
-    """Subtract each group's masked token mean, divide by the batch's (unbiased) std of x: Lite PPO's advantage
-    normalisation (Liu et al. 2025, "Tricks or Traps?"). (B, R) -> (B, R)."""
-    g, m = grouped(x, group).flatten(1), grouped(mask, group).flatten(1)
-    centred = ((g - masked_mean(g, m, dim=1).unsqueeze(1)) * m).reshape(x.shape)
-    return centred * torch.rsqrt(masked_var(x, mask) + eps)
+def remax_advantages(kl_rewards: torch.Tensor, scores: torch.Tensor, greedy_scores: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """ReMax (Li et al. 2024, Algorithm 1): the response's score minus the score of the greedy response to the same
+    prompt, on every token; with a KL penalty in the reward, each token adds its own KL term only (the convention
+    of the paper's code, liziniu/ReMax `compute_returns`: not a reward-to-go, undiscounted here); the greedy
+    response carries no KL term. kl_rewards (B, R), scores (B,), greedy_scores (B,), mask (B, R) -> (B, R)."""
+    return (kl_rewards + (scores - greedy_scores).unsqueeze(1)) * mask
 
 
 # ---------------------------------------------------------------- reward-model ensembles, (B, K) -> (B,)
@@ -169,9 +163,10 @@ def ensemble_mean_minus_std(scores: torch.Tensor, std_coef: float) -> torch.Tens
     return scores.mean(1) - std_coef * scores.std(1)
 
 
-def ensemble_robust(scores: torch.Tensor, lam: float) -> torch.Tensor:
-    """lam * mean + (1 - lam) * min (Reward-Robust RLHF's balance of nominal and worst-case reward).
-    (B, K) -> (B,)."""
+def ensemble_mean_min(scores: torch.Tensor, lam: float) -> torch.Tensor:
+    """lam * mean + (1 - lam) * min: a blend of the members' average and worst-case scores. (B, K) -> (B,).
+    (Reward-Robust RLHF, Yan et al. 2024, blends a nominal reward with the minimum in the same way, but its nominal
+    reward comes from one multi-head Bayesian ensemble; this is not that method.)"""
     return lam * scores.mean(1) + (1 - lam) * scores.min(1).values
 
 
@@ -203,7 +198,14 @@ def best_worst_rows(scores: torch.Tensor, group: int) -> torch.Tensor:
     return torch.stack([offsets + best, offsets + worst], 1).reshape(-1)
 
 
-# ---------------------------------------------------------------- DPO (the reference=dpo stage)
+# ---------------------------------------------------------------- MPO's first stage (reference=mpo): DPO on the easy pairs
+def mpo_split(gaps: torch.Tensor, easy_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MPO's data selection (Gou & Nguyen 2024, §3): the pairs whose reward-model score gap |r(chosen) -
+    r(rejected)| is largest are the easy ones (DPO trains on them), the rest the hard ones (PPO's prompts).
+    gaps (P,) -> (easy rows (floor(P * easy_fraction),), hard rows), each by decreasing |gap|."""
+    order = gaps.abs().argsort(descending=True, stable=True)
+    easy = int(len(gaps) * easy_fraction)
+    return order[:easy], order[easy:]
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
              beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO (Rafailov et al. 2023): -log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))),

@@ -145,9 +145,12 @@ def execute(cfg: Config, job: Job) -> str:
                     run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
                 log.info("resuming %s at step %d", run_dir.path, step)
             else:
-                for stats in trainer.pretrain_critic():
-                    log.info("critic pre-training: value loss %.4f, explained variance %.3f",
-                             stats["ppo/value_loss"], stats["ppo/explained_var"])
+                for i, stats in enumerate(trainer.warm_up()):
+                    if stats:
+                        log.info("critic pre-training: value loss %.4f, explained variance %.3f",
+                                 stats["ppo/value_loss"], stats["ppo/explained_var"])
+                    else:
+                        log.info("warm-up iteration %d (no critic): reward statistics only", i + 1)
             if writer:
                 info = run_dir.read_info()
                 log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
@@ -200,7 +203,7 @@ def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir | None, start: 
                 return "preempted"
             bar.set_postfix({"proxy": f"{metrics['reward/proxy_mean']:.3f}",
                              "gold": f"{metrics.get('reward/gold_mean', float('nan')):.3f}",
-                             "kl": f"{metrics['kl/ref_k1']:.2f}"}, refresh=False)
+                             "kl": f"{metrics['kl/init_k1']:.2f}"}, refresh=False)
     if run_dir:
         run_dir.set_status("completed")
         log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)

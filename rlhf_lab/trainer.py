@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rlhf_lab import ppo
-from rlhf_lab.config import AdvEstimator, Config, CriticPretrain, KLEstimator
+from rlhf_lab.config import AdvEstimator, Config, CriticPretrain, KLEstimator, Precision
 from rlhf_lab.data import Stream, encode, sft_batch
 from rlhf_lab.metrics import fetch, r_squared, rollout_metrics
 from rlhf_lab.packing import pack, pad_left, response_mask
@@ -48,8 +48,9 @@ class Rollout:
     attention: torch.Tensor  # (B, T) attention mask (0 on left padding and after the first EOS)
     tokens: torch.Tensor  # (B, R) response token ids
     mask: torch.Tensor  # (B, R) 1.0 on response tokens up to and including the first EOS
-    logprobs: torch.Tensor  # (B, R) policy log-probs of the sampled tokens (0 where mask is 0, like the next three)
+    logprobs: torch.Tensor  # (B, R) policy log-probs of the sampled tokens (0 where mask is 0, like the next four)
     ref_logprobs: torch.Tensor  # (B, R) reference log-probs
+    init_logprobs: torch.Tensor  # (B, R) the initial policy's log-probs (the reference's where it is the start)
     entropy: torch.Tensor  # (B, R) policy entropy per position
     values: torch.Tensor  # (B, R) critic values (0 without a critic)
     scores: torch.Tensor  # (B,) reward-model scores ([reward_ensemble]: the members' scores aggregated)
@@ -77,14 +78,19 @@ class Rollout:
 class PPOTrainer:
     """The PPO loop over four role modules: `policy` (Policy) and `critic` (Critic) train with their optimisers;
     `reference` (Policy, or AdapterFreePolicy under LoRA) and `reward_model` (RewardModels: one reward model
-    or several) are frozen."""
+    or several) are frozen, and so is `initial` (Policy), the initial policy where the reference is not the
+    policy's start ([reference=soup]; else None)."""
 
     def __init__(self, cfg: Config, runtime: Runtime, *, policy: nn.Module, reference: nn.Module,
                  critic: nn.Module | None, reward_model: nn.Module, policy_optimizer: torch.optim.Optimizer,
                  critic_optimizer: torch.optim.Optimizer | None, engine: RolloutEngine, tokenizer, prompts: Stream,
-                 sft_examples: Stream | None, gold_reward=None):
+                 sft_examples: Stream | None, gold_reward=None, initial: nn.Module | None = None):
         self.cfg, self.runtime, self.tokenizer = cfg, runtime, tokenizer
         self.policy, self.reference, self.critic, self.reward_model = policy, reference, critic, reward_model
+        self.initial = initial
+        recompute = cfg.rollout.recompute_logprobs
+        # the old log-probs from a training-pass forward where sampling rounds differently (see `rollout`)
+        self.recompute_logprobs = runtime.precision != Precision.fp32 if recompute is None else recompute
         self.policy_optimizer, self.critic_optimizer = policy_optimizer, critic_optimizer
         self.engine = engine
         self.prompts, self.sft_examples, self.gold_reward = prompts, sft_examples, gold_reward
@@ -119,12 +125,15 @@ class PPOTrainer:
         attention = torch.cat([query_mask, mask.long()], dim=1)
         n = tokens.shape[1]
 
-        packing = pack(ids, attention)  # one packing (rlhf_lab.packing) for the three scoring passes
+        packing = pack(ids, attention)  # one packing (rlhf_lab.packing) for the scoring passes
         gather = runtime.gather
+        frozen = [m for m in (self.reference, self.reward_model, self.initial) if m is not None]
         # no_grad (the method's), not inference_mode: FSDP's gathered weights are reused by the training passes
-        with runtime.borrow(self.reference, self.reward_model):
+        with runtime.borrow(*frozen):
             member_scores = self.reward_model(packing)  # (b, K) [reward_ensemble]
             ref_logprobs = ppo.logprobs_from_logits(self.reference(packing, n, ppo_cfg.temperature), tokens)
+            init_logprobs = (ref_logprobs if self.initial is None else  # [reference=soup] the start is not the ref
+                             ppo.logprobs_from_logits(self.initial(packing, n, ppo_cfg.temperature), tokens))
             values = self.critic(packing, n) if self.critic is not None else torch.zeros_like(ref_logprobs)
             greedy_scores = greedy_lengths = None
             if greedy is not None:
@@ -132,12 +141,19 @@ class PPOTrainer:
                 greedy_scores = gather(self.tricks.ensemble_score(self.reward_model(pack(torch.cat(
                     [query_ids, greedy], dim=1), torch.cat([query_mask, greedy_mask.long()], dim=1)))))
                 greedy_lengths = gather(greedy_mask.sum(1))
+        # The old log-probs: those generation sampled from (no second pass) where they equal the training pass's
+        # (fp32, within 2e-5); under bf16/fp16 the KV-cache decode rounds differently from the full pass (up to
+        # 0.2 nats a token on SmolLM2-135M), so the training pass recomputes them and the ratio starts at 1.
+        logprobs = generated.logprobs
+        if self.recompute_logprobs:
+            logprobs = ppo.logprobs_from_logits(self.policy(packing, n, ppo_cfg.temperature), tokens)
 
         # [ranks] the whole batch on every rank (the identity on one process); prompts padded on the left,
-        # responses on the right. The policy's log-probs are those generation sampled from: no second pass.
+        # responses on the right.
         query_ids = gather(query_ids, tok.pad_token_id, left=True)
         query_mask = gather(query_mask, 0, left=True)
-        logprobs, ref_logprobs = gather(generated.logprobs * mask), gather(ref_logprobs * mask)
+        logprobs, ref_logprobs = gather(logprobs * mask), gather(ref_logprobs * mask)
+        init_logprobs = gather(init_logprobs * mask)
         entropy, values, member_scores = gather(generated.entropy * mask), gather(values * mask), gather(member_scores)
         scores = self.tricks.ensemble_score(member_scores)  # [reward_ensemble] (B, K) -> (B,)
         tokens, mask = gather(tokens, tok.pad_token_id), gather(mask)
@@ -149,8 +165,8 @@ class PPOTrainer:
         if self.gold_reward is not None:
             gold = torch.tensor(self.gold_reward(prompts, responses, finished.tolist()), device=runtime.device)
         return Rollout(prompts, responses, torch.cat([query_ids, tokens], dim=1),
-                       torch.cat([query_mask, mask.long()], dim=1), tokens, mask, logprobs, ref_logprobs, entropy,
-                       values, scores, member_scores, finished, gold, seconds_generate, greedy_scores,
+                       torch.cat([query_mask, mask.long()], dim=1), tokens, mask, logprobs, ref_logprobs,
+                       init_logprobs, entropy, values, scores, member_scores, finished, gold, seconds_generate, greedy_scores,
                        greedy_lengths)
 
     # ================================================================ one PPO iteration
@@ -171,7 +187,7 @@ class PPOTrainer:
         metrics = fetch({  # every metric of the iteration, in one device-to-host copy
             **rollout_metrics(tokens=batch.tokens, mask=batch.mask, eos_id=self.tokenizer.eos_token_id,
                               vocab_size=self.vocab_size, logp=batch.logprobs, ref_logp=batch.ref_logprobs,
-                              entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
+                              init_logp=batch.init_logprobs, entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
                               gold=batch.gold),
             **train_stats,
             **self.remedy_metrics(batch, kept),
@@ -210,19 +226,16 @@ class PPOTrainer:
 
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reward shaping, then advantages and returns. Returns (shaped scores (B,), advantages, returns (B, R))."""
-        tricks, scores = self.tricks, batch.scores
-        if batch.greedy_scores is not None:  # [adv_estimator=remax] the baseline's scores shaped alike, at once
-            scores = torch.cat([scores, batch.greedy_scores])
-        shaped = tricks.shape_scores(scores)  # [reward_scaling, reward_norm, reward_clip]
-        greedy_returns = None
-        if batch.greedy_scores is not None:
-            shaped, greedy_returns = shaped.split(len(batch.scores))
-            greedy_returns = greedy_returns + tricks.overlong_penalty(batch.greedy_lengths)
+        tricks = self.tricks
+        # [reward_scaling, reward_norm, reward_clip]; [adv_estimator=remax] the greedy baseline shaped alike
+        shaped, baseline = tricks.shape_scores(batch.scores, batch.greedy_scores)
         shaped = shaped + tricks.overlong_penalty(batch.mask.sum(1))  # [overlong=soft_penalty]
+        if baseline is not None:
+            baseline = baseline + tricks.overlong_penalty(batch.greedy_lengths)
         rewards, _ = tricks.token_rewards(shaped, batch.logprobs, batch.ref_logprobs,
                                           batch.mask)  # [kl_penalty=token|adaptive]
-        advantages, returns = tricks.advantages(rewards, batch.values, batch.mask,
-                                                greedy_returns)  # [adv_estimator, adv_norm, adv_clip]
+        advantages, returns = tricks.advantages(rewards, batch.values, batch.mask, shaped,
+                                                baseline)  # [adv_estimator, adv_norm, adv_clip]
         return shaped, advantages, returns
 
     # ================================================================ PPO epochs x minibatches
@@ -325,19 +338,24 @@ class PPOTrainer:
             raise Diverged("non-finite " + ", ".join(f"{key} ({value})" for key, value in bad.items()))
 
     # ================================================================ critic pre-training
-    def pretrain_critic(self) -> list[dict[str, float]]:
-        """[critic_pretrain] Critic-only iterations on rollouts of the frozen initial policy.
+    def warm_up(self) -> list[dict[str, float]]:
+        """[critic_pretrain] Iterations on rollouts of the frozen initial policy before PPO: the critic (if any)
+        trains alone; the running reward statistics warm up on them either way, so that a critic-free arm of a
+        sweep starts PPO with the same statistics and at the same point of the prompt stream as its GAE baseline.
 
-        steps: exactly N iterations; converge: until explained variance >= target, at most N.
-        The running reward statistics warm up on these rollouts too. Returns the per-iteration value stats.
+        steps: exactly N iterations; converge: until explained variance >= target, at most N (N without a
+        critic). Returns the per-iteration value stats (empty dicts without a critic).
         """
         pre = self.cfg.critic_pretrain
-        if pre.name == CriticPretrain.off or self.critic is None:
+        if pre.name == CriticPretrain.off:
             return []
         history = []
         for _ in range(pre.steps):
             batch = self.filtered(self.rollout())  # [policy_filter] the critic fits what PPO will train on
             _, advantages, returns = self.advantages(batch)
+            if self.critic is None:
+                history.append({})
+                continue
             stats = fetch(self.train(batch, advantages, returns, update_policy=False))
             self._check_finite(stats)
             history.append(stats)

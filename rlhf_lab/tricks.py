@@ -24,7 +24,7 @@ ENSEMBLES = {
     RewardEnsemble.mean: lambda scores, ens: ppo.ensemble_mean(scores),
     RewardEnsemble.min: lambda scores, ens: ppo.ensemble_min(scores),
     RewardEnsemble.mean_minus_std: lambda scores, ens: ppo.ensemble_mean_minus_std(scores, ens.std_coef),
-    RewardEnsemble.robust: lambda scores, ens: ppo.ensemble_robust(scores, ens.lam),
+    RewardEnsemble.mean_min: lambda scores, ens: ppo.ensemble_mean_min(scores, ens.lam),
 }
 
 # ---------------------------------------------------------------- policy filtration, (B,) scores -> kept rows
@@ -35,27 +35,30 @@ FILTERS = {
 }
 
 
-# ---------------------------------------------------------------- sequence-score transforms, (B,) -> (B,)
-def _identity(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
-    return scores
+# ---------------------------------------------------------------- sequence-score transforms
+# Each is affine: (scores (B,), its running statistics, eps) -> (shift, scale), applied as (x - shift) * scale.
+# The statistics are fitted on the policy's samples only; a baseline (ReMax's greedy responses) is transformed
+# with them and never enters them.
+def _identity(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[float, float]:
+    return 0.0, 1.0
 
 
-def scale_by_running_std(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+def scale_by_running_std(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[float, float]:
     """Divide by the running std of returns. With a single terminal reward per episode the (undiscounted)
     return of an episode is its score, so the running statistics are those of the scores."""
     stats.update(scores)
-    return scores / (stats.std + eps)
+    return 0.0, 1 / (stats.std + eps)
 
 
-def normalise_running(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+def normalise_running(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[float, float]:
     """(score - historical mean) / historical std, the statistics updated with this batch first (PPO-max)."""
     stats.update(scores)
-    return (scores - stats.mean) / (stats.std + eps)
+    return stats.mean, 1 / (stats.std + eps)
 
 
-def normalise_batch(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> torch.Tensor:
+def normalise_batch(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(score - batch mean) / batch std (unbiased)."""
-    return (scores - scores.mean()) / (scores.std() + eps)
+    return scores.mean(), 1 / (scores.std() + eps)
 
 
 SCALINGS = {RewardScaling.off: _identity, RewardScaling.running_std: scale_by_running_std}
@@ -63,25 +66,21 @@ NORMALISATIONS = {RewardNorm.off: _identity, RewardNorm.running: normalise_runni
 
 
 # ---------------------------------------------------------------- critic-free advantages, returns (B,) -> (B,)
-# (returns, group size, the greedy responses' returns (remax), the adv_estimator config) -> advantages
+# (returns, group size, the adv_estimator config) -> advantages
 OUTCOME_BASELINES = {
-    AdvEstimator.grpo: lambda ret, group, greedy, est: ppo.grpo_advantages(ret, group, est.std_norm, est.eps),
-    AdvEstimator.rloo: lambda ret, group, greedy, est: ppo.rloo_advantages(ret, group),
-    AdvEstimator.remax: lambda ret, group, greedy, est: ppo.remax_advantages(ret, greedy),
+    AdvEstimator.grpo: lambda ret, group, est: ppo.grpo_advantages(ret, group, est.scale, est.eps),
+    AdvEstimator.rloo: lambda ret, group, est: ppo.rloo_advantages(ret, group),
 }
 
 
 # ---------------------------------------------------------------- advantage transforms, (B, R) -> (B, R)
-def _masked_only(adv: torch.Tensor, mask: torch.Tensor, eps: float, group: int) -> torch.Tensor:
+def _masked_only(adv: torch.Tensor, mask: torch.Tensor, eps: float) -> torch.Tensor:
     return adv * mask
 
 
 ADV_NORMS = {AdvNorm.off: _masked_only,
-             AdvNorm.whiten: lambda adv, mask, eps, group: ppo.whiten(adv, mask, eps),
-             AdvNorm.center: lambda adv, mask, eps, group: ppo.center(adv, mask),
-             AdvNorm.group_whiten: lambda adv, mask, eps, group: ppo.group_whiten(adv, mask, group, eps),
-             AdvNorm.group_mean_batch_std: lambda adv, mask, eps, group: ppo.group_mean_batch_std(adv, mask, group,
-                                                                                                  eps)}
+             AdvNorm.whiten: lambda adv, mask, eps: ppo.whiten(adv, mask, eps),
+             AdvNorm.center: lambda adv, mask, eps: ppo.center(adv, mask)}
 
 POLICY_LOSSES = {PolicyClip.off: ppo.policy_loss_unclipped, PolicyClip.ppo: ppo.policy_loss_ppo,
                  PolicyClip.dual: ppo.policy_loss_dual}
@@ -139,11 +138,18 @@ class Tricks:
         return FILTERS[pf](scores, self.cfg.ppo.samples_per_prompt)
 
     # ------------------------------------------------------------ reward shaping
-    def shape_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """reward_scaling -> reward_norm -> reward_clip on reward-model scores. (B,) -> (B,)."""
-        scores = self._scale(scores, self.return_stats, self.cfg.reward_scaling.eps)
-        scores = self._normalise(scores, self.score_stats, self.cfg.reward_norm.eps)
-        return scores.clamp(-self.score_clip, self.score_clip)
+    def shape_scores(self, scores: torch.Tensor, baseline: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """reward_scaling -> reward_norm -> reward_clip on reward-model scores. (B,) -> (B,). `baseline` (B,),
+        [adv_estimator=remax]'s greedy responses' scores, goes through the same transforms with the statistics of
+        `scores` (it is not a policy sample, so it never enters them). Returns (shaped scores, shaped baseline)."""
+        for transform, stats, eps in ((self._scale, self.return_stats, self.cfg.reward_scaling.eps),
+                                      (self._normalise, self.score_stats, self.cfg.reward_norm.eps)):
+            shift, scale = transform(scores, stats, eps)
+            scores = (scores - shift) * scale
+            baseline = None if baseline is None else (baseline - shift) * scale
+        clip = self.score_clip
+        return scores.clamp(-clip, clip), None if baseline is None else baseline.clamp(-clip, clip)
 
     def overlong_penalty(self, lengths: torch.Tensor) -> torch.Tensor:
         """[overlong=soft_penalty] the penalty added to each shaped score (0 otherwise). (B,) -> (B,)."""
@@ -165,23 +171,28 @@ class Tricks:
         return ppo.token_rewards(scores, kl, mask, self.kl_ctl.coef), kl
 
     # ------------------------------------------------------------ advantages
-    def advantages(self, rewards, values, mask, greedy_returns=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(self, rewards, values, mask, scores=None, baseline=None) -> tuple[torch.Tensor, torch.Tensor]:
         """[adv_estimator], then [adv_norm], then [adv_clip]. Returns (advantages, returns), both (B, R).
-        gae: with the critic's values (B, R). reinforce_pp: the reward-to-go (GAE with no values, lambda 1),
-        whitened over the batch. grpo, rloo, remax: a baseline subtracted from each response's return (the sum
-        of its token rewards), the result on every token; remax's baseline is `greedy_returns` (B,)."""
+        rewards (B, R): the token rewards (in-reward KL on every token, the shaped score `scores` (B,) on the
+        last). gae: with the critic's values (B, R). reinforce_pp: the reward-to-go (GAE with no values,
+        lambda 1), whitened over the batch. grpo, rloo: a baseline from the other responses to the prompt
+        subtracted from each response's return (the sum of its token rewards), one number on every token.
+        remax: `baseline` (B,), the greedy response's shaped score (see ppo.remax_advantages)."""
         est, ppo_cfg = self.cfg.adv_estimator, self.cfg.ppo
-        group = ppo_cfg.samples_per_prompt
         if est.name == AdvEstimator.gae:
             advantages, returns = ppo.gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
         elif est.name == AdvEstimator.reinforce_pp:
             returns, _ = ppo.gae(rewards, torch.zeros_like(rewards), mask, ppo_cfg.gamma, 1.0)
             advantages = ppo.whiten(returns, mask)
+        elif est.name == AdvEstimator.remax:
+            kl_rewards = rewards - ppo.token_rewards(scores, torch.zeros_like(rewards), mask, 0.0)
+            advantages = ppo.remax_advantages(kl_rewards, scores, baseline, mask)
+            returns = (rewards * mask).sum(1, keepdim=True) * mask
         else:
             sequence = (rewards * mask).sum(1)
-            advantages = OUTCOME_BASELINES[est.name](sequence, group, greedy_returns, est).unsqueeze(1) * mask
+            advantages = OUTCOME_BASELINES[est.name](sequence, ppo_cfg.samples_per_prompt, est).unsqueeze(1) * mask
             returns = sequence.unsqueeze(1) * mask
-        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps, group)
+        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps)
         return advantages.clamp(-self.adv_clip, self.adv_clip), returns
 
     # ------------------------------------------------------------ losses

@@ -43,8 +43,8 @@ SAMPLE_COLUMNS = ["step", "prompt", "response", "reward_proxy", "reward_gold"]
 # W&B exit codes per final status (the same codes rlhf-train exits with; 0 = finished).
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "preempted": 4, "running": 1}
 FINAL_WINDOW = 10  # "final" = mean of the last FINAL_WINDOW logged values (as in analysis.stability)
-FINAL_METRICS = ("reward/proxy_mean", "reward/gold_mean", "kl/ref_k1", "kl/ref_k3", "ppl/policy",
-                 "length/response_mean", "diversity/repeat_ngram_frac")
+FINAL_METRICS = ("reward/proxy_mean", "reward/gold_mean", "kl/init_k1", "kl/init_k3", "kl/ref_k1", "kl/ref_k3",
+                 "ppl/policy", "length/response_mean", "diversity/repeat_ngram_frac")
 # Columns of analysis.run_stability that are not stability results (they are in the config or summary already).
 _NOT_STABILITY = {"run_id", "arm", "seed", "status"}
 

@@ -2,7 +2,9 @@
 
 ``synthetic_trace`` draws the key metrics of a run with a known shape: stable (a ppo_max-like run: rewards
 saturate, KL bounded) or pattern collapse from step ``collapse_at`` on (gold peaks there and then falls
-while proxy keeps rising; KL jumps; perplexity drops; responses get long and repetitive).
+while proxy keeps rising; KL jumps; perplexity drops; responses get long and repetitive). It logs KL to the
+initial policy (``kl/init_*``) beside KL to the reference (``kl/ref_*``), equal as in a run whose reference is its
+initial policy; ``old_style`` turns it into a trace from before ``kl/init_*`` was logged.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import yaml
 
 # The contract's metric names (docs/architecture.md) that synthetic_trace does not model: filled with random walks.
 OTHER_METRICS = (
-    "reward/shaped_mean", "ppl/ref", "length/response_max", "length/eos_missing_frac",
+    "reward/shaped_mean", "ppl/ref", "ppl/init", "length/response_max", "length/eos_missing_frac",
     "diversity/distinct_1", "diversity/distinct_2", "ppo/policy_loss", "ppo/value_loss", "ppo/clipfrac",
     "ppo/approx_kl", "ppo/value_clipfrac", "ppo/explained_var", "ppo/grad_norm_policy",
     "ppo/grad_norm_critic", "ppo/entropy_bonus", "ppo/ptx_loss", "adv/mean", "adv/std", "return/mean",
     "value/mean", "kl_ctl/coef", "perf/iter_seconds", "perf/rollout_seconds", "perf/train_seconds",
     "perf/gen_tokens_per_second",
 )
+KL_REF = ("kl/ref_k1", "kl/ref_k2", "kl/ref_k3")
+KL_INIT = ("kl/init_k1", "kl/init_k2", "kl/init_k3")
 # Per-step noise sd of each modelled metric at noise=1.
 NOISE_SD = {
     "reward/proxy_mean": 0.05, "reward/gold_mean": 0.05, "kl/ref_k1": 0.3, "kl/ref_k2": 0.3, "kl/ref_k3": 0.3,
@@ -56,9 +60,15 @@ def synthetic_trace(n_steps: int = 200, collapse_at: int | None = None, noise: f
     trace = pd.DataFrame({
         name: values + noise * NOISE_SD[name] * rng.standard_normal(n_steps) for name, values in columns.items()
     }, index=pd.Index(np.arange(n_steps), name="step"))
+    trace[list(KL_INIT)] = trace[list(KL_REF)].to_numpy()  # the reference is the initial policy
     names = list(OTHER_METRICS[:n_other]) + [f"extra/metric_{i}" for i in range(n_other - len(OTHER_METRICS))]
     walks = np.cumsum(rng.standard_normal((n_steps, len(names))) * 0.01, axis=0) + 1.0
     return pd.concat([trace, pd.DataFrame(walks, index=trace.index, columns=names)], axis=1)
+
+
+def old_style(trace: pd.DataFrame) -> pd.DataFrame:
+    """``trace`` as a run from before ``kl/init_*`` logged it: KL to the reference only."""
+    return trace.drop(columns=[name for name in KL_INIT if name in trace])
 
 
 def write_metrics(path: Path, trace: pd.DataFrame) -> None:

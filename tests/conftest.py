@@ -61,7 +61,7 @@ def train_three_and_resume(checkpoints, tmp_path, *overrides):
 
     trainer = tiny_trainer(checkpoints, *overrides)
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    trainer.pretrain_critic()
+    trainer.warm_up()
     for _ in range(3):
         metrics, batch = trainer.step()
         assert all(math.isfinite(v) for v in metrics.values())

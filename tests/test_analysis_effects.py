@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fixtures import write_sweep
+from analysis_fixtures import KL_INIT, KL_REF, synthetic_trace, write_run, write_sweep
 from scipy import stats
 
 from analysis.cli import main
@@ -115,6 +115,26 @@ def test_rlhf_report_writes_the_effects(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([str(sweep), "-o", str(tmp_path / "off"), "--baseline", "none", "--no-progress"]) == 0
     assert not (tmp_path / "off" / "effects.csv").exists()
+
+
+def test_final_kl_effect_is_the_difference_in_distance_travelled(tmp_path):
+    """A soup-reference arm logs a KL to its reference 10 nats above its KL to its initial policy: its effect on
+    final KL against an SFT-reference baseline is the difference in KL to the initial policy."""
+    finals = {}
+    for job, (arm, reference, seed) in enumerate([(arm, reference, seed) for arm, reference in
+                                                  [("ppo_max", "sft"), ("soup", "soup")] for seed in (0, 1, 2)]):
+        trace = synthetic_trace(60, noise=1.0, seed=job)
+        trace[list(KL_REF)] = trace[list(KL_INIT)].to_numpy() + (10.0 if reference == "soup" else 0.0)
+        write_run(tmp_path / "sweep" / str(job), run_id=f"{arm}-{seed}", arm=arm, seed=seed, trace=trace,
+                  tricks={"reference": reference})
+        finals[arm, seed] = trace["kl/init_k3"].tail(10).mean()
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(tmp_path / "sweep"), "-o", str(tmp_path / "out"), "--baseline", "ppo_max",
+                     "--final-window", "10", "--no-progress"]) == 0
+    row = effect(pd.read_csv(tmp_path / "out" / "effects.csv"), "soup", "final_kl")
+    expected = np.mean([finals["soup", seed] - finals["ppo_max", seed] for seed in (0, 1, 2)])
+    assert row["paired"] and row["effect"] == pytest.approx(expected, abs=1e-6)
+    assert abs(row["effect"]) < 5  # not the 10 nats between the references
 
 
 def test_the_atlas_script_rebuilds_tables_and_forest_plots(tmp_path):

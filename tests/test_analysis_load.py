@@ -6,9 +6,9 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fixtures import synthetic_trace, write_run
+from analysis_fixtures import KL_INIT, KL_REF, old_style, synthetic_trace, write_run
 
-from analysis import find_run_dirs, load_runs, load_samples, read_jsonl, wide_traces
+from analysis import find_run_dirs, load_runs, load_samples, load_wandb_runs, read_jsonl, wide_traces
 
 
 def _run(root, name, **kwargs):
@@ -69,7 +69,7 @@ def test_malformed_hydra_files_leave_the_run_without_config(tmp_path, caplog):
 
 
 def test_traces_are_long_categorical_and_sorted(tmp_path):
-    _run(tmp_path, "a", trace=synthetic_trace(5)[["reward/proxy_mean", "kl/ref_k3"]])
+    _run(tmp_path, "a", trace=synthetic_trace(5)[["reward/proxy_mean", "kl/init_k3"]])
     _run(tmp_path, "b", trace=synthetic_trace(3)[["reward/proxy_mean"]])
     runs, traces = load_runs(tmp_path)
 
@@ -128,7 +128,7 @@ def test_metrics_missing_from_older_runs_and_runs_without_metrics(tmp_path):
     assert list(runs["run_id"]) == ["0-new", "1-old", "2-starting"]
     assert list(runs["n_steps"]) == [10, 10, 0]
     per_run = traces.groupby("run_id", observed=False)["metric"].nunique()
-    assert per_run.to_dict() == {"0-new": 9, "1-old": 7, "2-starting": 0}
+    assert per_run.to_dict() == {"0-new": len(full.columns), "1-old": len(full.columns) - 2, "2-starting": 0}
     wide = wide_traces(traces, ["reward/gold_mean", "kl/ref_k1", "not/logged"])
     assert list(wide.columns) == ["reward/gold_mean", "kl/ref_k1"]
     assert wide.loc["1-old", "reward/gold_mean"].isna().all()
@@ -171,3 +171,73 @@ def test_read_jsonl_and_samples_tolerate_a_torn_line(tmp_path):
     assert list(samples.columns) == ["step", "prompt", "response", "reward_proxy", "reward_gold"]
     assert samples["step"].tolist() == [0] and np.isnan(samples.loc[0, "reward_gold"])
     assert load_samples(tmp_path).empty  # no samples.jsonl
+
+
+def _kl(traces, run_id):
+    """The KL metrics of one run as a wide frame (index: step)."""
+    kl = traces[(traces["run_id"] == run_id) & traces["metric"].str.startswith("kl/")]
+    wide = kl.pivot(index="step", columns="metric", values="value")
+    wide.columns = wide.columns.astype("object")
+    return wide
+
+
+@pytest.mark.parametrize("tricks", [{"kl_penalty": "token", "reference": "sft"}, {"kl_penalty": "token"}],
+                         ids=["reference=sft", "no reference trick"])
+def test_old_runs_measured_from_their_initial_policy_read_kl_to_it(tmp_path, tricks):
+    """A run from before kl/init_* whose reference is its initial policy: its KL to the reference is the KL to
+    its initial policy."""
+    trace = old_style(synthetic_trace(20, noise=1.0)).drop(columns="kl/ref_k2")
+    _run(tmp_path, "old", trace=trace, tricks=tricks)
+    kl = _kl(load_runs(tmp_path)[1], "old")
+    assert set(kl.columns) == {"kl/ref_k1", "kl/ref_k3", "kl/init_k1", "kl/init_k3"}  # only what it logged
+    for ref, init in [("kl/ref_k1", "kl/init_k1"), ("kl/ref_k3", "kl/init_k3")]:
+        np.testing.assert_allclose(kl[init], trace[ref], rtol=1e-8)
+
+
+@pytest.mark.parametrize("reference", ["soup", "dpo"])
+def test_old_runs_with_another_reference_keep_only_kl_to_it(tmp_path, reference):
+    _run(tmp_path, "old", trace=old_style(synthetic_trace(20)), tricks={"reference": reference})
+    runs, traces = load_runs(tmp_path)
+    assert set(_kl(traces, "old").columns) == set(KL_REF)
+    assert runs.loc[0, "tricks.reference"] == reference
+
+
+def test_kl_to_the_initial_policy_is_read_as_logged(tmp_path):
+    """A new run whose reference is not its initial policy: kl/init_* and kl/ref_* differ, both kept as logged."""
+    trace = synthetic_trace(20, noise=1.0)
+    trace[list(KL_REF)] = trace[list(KL_INIT)].to_numpy() + 5.0
+    _run(tmp_path, "soup", trace=trace, tricks={"reference": "soup"})
+    _run(tmp_path, "sft", trace=trace, tricks={"reference": "sft"})
+    traces = load_runs(tmp_path)[1]
+    for run_id in ("soup", "sft"):
+        kl = _kl(traces, run_id)
+        assert set(kl.columns) == set(KL_INIT + KL_REF)
+        for name in KL_INIT + KL_REF:
+            np.testing.assert_allclose(kl[name], trace[name], rtol=1e-8)
+
+
+class _FakeApiRun:
+    """The part of a wandb.Api run that analysis.wandb_runs reads."""
+
+    def __init__(self, run_id, trace, reference):
+        self.id, self.group, self.url, self.state, self.created_at = run_id, "g", run_id, "finished", None
+        self.config = {"arm": "ppo_max", "seed": 0, "trick/reference": reference}
+        self.summary = {"status": "completed"}
+        self.rows = [{"step": int(step), **row} for step, row in trace.to_dict("index").items()]
+
+    def scan_history(self):
+        return iter(self.rows)
+
+
+def test_wandb_runs_get_the_same_reader_for_old_runs():
+    trace = old_style(synthetic_trace(12, noise=1.0))
+
+    class FakeApi:
+        def runs(self, path, filters=None, order=None):
+            return [_FakeApiRun("sft", trace, "sft"), _FakeApiRun("soup", trace, "soup")]
+
+    runs, traces = load_wandb_runs("ent/proj", api=FakeApi())
+    assert list(runs["tricks.reference"]) == ["sft", "soup"]
+    sft, soup = _kl(traces, "sft"), _kl(traces, "soup")
+    np.testing.assert_allclose(sft["kl/init_k3"], trace["kl/ref_k3"], rtol=1e-8)
+    assert set(soup.columns) == set(KL_REF)

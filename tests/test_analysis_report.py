@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from analysis_fixtures import synthetic_trace, write_run, write_sweep
+from analysis_fixtures import KL_INIT, KL_REF, old_style, synthetic_trace, write_run, write_sweep
 
 from analysis.cli import main
 
@@ -101,6 +101,37 @@ def test_real_task_without_gold_uses_the_proxy_free_rule(tmp_path):
     assert runs.loc["vanilla", "collapse_rule"] == "proxy_free" and runs.loc["vanilla", "collapsed"]
     assert not runs.loc["ppo_max", "collapsed"]
     assert "No samples logged." in (out / "report.html").read_text()
+
+
+def test_report_says_which_kl_and_flags_runs_measured_from_their_reference(tmp_path):
+    """New runs log KL to their initial policy; an old run whose reference was the SFT policy reads its KL to the
+    reference as that; an old soup-reference run has only its KL to the soup, and the report says so."""
+    runs = [("new-sft", "sft", lambda t: t), ("new-soup", "soup", lambda t: t), ("old-sft", "sft", old_style),
+            ("old-soup", "soup", old_style)]
+    for job, (run_id, reference, style) in enumerate(runs):
+        trace = synthetic_trace(60, noise=1.0, seed=job)
+        if reference == "soup":
+            trace[list(KL_REF)] = trace[list(KL_INIT)].to_numpy() + 10.0
+        write_run(tmp_path / "sweep" / str(job), run_id=run_id, arm=reference, seed=job, trace=style(trace),
+                  tricks={"reference": reference})
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(tmp_path / "sweep"), "-o", str(out), "--no-progress"]) == 0
+
+    per_run = pd.read_csv(out / "runs.csv").set_index("run_id")["kl_metric"]
+    assert per_run.to_dict() == {"new-sft": "kl/init_k3", "new-soup": "kl/init_k3", "old-sft": "kl/init_k3",
+                                 "old-soup": "kl/ref_k3"}
+    markdown = (out / "report.md").read_text()
+    (flag,) = [line for line in markdown.splitlines() if "Not comparable across arms" in line]
+    assert "old-soup (reference=soup)" in flag and "new-soup" not in flag and "old-sft" not in flag
+    assert "KL = kl/init_k3 (to the initial policy; else k1, else k2)" in markdown
+    assert "kl/init_k3 (KL to the initial policy; 3 runs), kl/ref_k3 (KL to the reference; 1 run)" in markdown
+    assert flag.strip() in (out / "report.html").read_text()
+
+    (tmp_path / "sweep" / "3" / "run.json").unlink()  # without the old soup run: nothing to flag
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(tmp_path / "sweep"), "-o", str(tmp_path / "new"), "--no-progress"]) == 0
+    assert "Not comparable" not in (tmp_path / "new" / "report.md").read_text()
 
 
 def test_no_runs_found_is_an_error(tmp_path, capsys):

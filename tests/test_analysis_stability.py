@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fixtures import synthetic_trace
+from analysis_fixtures import KL_INIT, KL_REF, old_style, synthetic_trace
 
 from analysis import CollapseRules, arm_summary, detect_collapse, run_metrics, run_stability
-from analysis.stability import _hinge_breakpoint, noise_sd, smooth, stability_criteria, t95
+from analysis.stability import (_hinge_breakpoint, noise_sd, reference_kl_runs, smooth, stability_criteria,
+                                t95)
 
 GOLD_FREE = CollapseRules(use_gold=False)
 
@@ -74,7 +75,7 @@ def test_proxy_free_rule_needs_kl_and_enough_degeneration_signals():
     assert detect_collapse(one_signal, CollapseRules(use_gold=False, min_degeneration_signals=1)).collapsed
 
     no_kl_blowup = trace.copy()
-    no_kl_blowup[["kl/ref_k1", "kl/ref_k2", "kl/ref_k3"]] = calm[["kl/ref_k1", "kl/ref_k2", "kl/ref_k3"]]
+    no_kl_blowup[list(KL_INIT)] = calm[list(KL_INIT)]
     assert not detect_collapse(no_kl_blowup, GOLD_FREE).collapsed
     assert not detect_collapse(trace, CollapseRules(use_gold=False, kl_threshold=40)).collapsed
 
@@ -128,6 +129,36 @@ def test_run_metrics_on_a_handcrafted_trace():
     assert not m["collapsed"] and m["collapse_rule"] == "gold"
 
 
+def test_kl_is_to_the_initial_policy_not_to_the_reference():
+    """A run whose reference is not its initial policy (soup): KL to the reference starts high and stays high,
+    KL to the initial policy starts at 0. Every KL quantity follows the latter."""
+    trace = synthetic_trace(60, noise=1.0, seed=1)
+    trace[list(KL_REF)] = trace[list(KL_INIT)].to_numpy() + 12.0
+    rules = CollapseRules(window=5)
+    m = run_metrics(trace, rules, final_window=10, kl_budgets=(1.5,))
+
+    init = trace["kl/init_k3"]
+    assert m["kl_metric"] == "kl/init_k3"
+    assert m["final_kl"] == pytest.approx(init.tail(10).mean())
+    assert m["max_kl"] == pytest.approx(smooth(init, 5).max())
+    assert m["max_kl"] < rules.kl_threshold < trace["kl/ref_k3"].min()
+    within = smooth(init, 5) <= 1.5
+    assert 0 < within.sum() < len(trace)
+    assert m["gold_at_kl_1.5"] == pytest.approx(smooth(trace["reward/gold_mean"], 5)[within].max())
+
+
+def test_proxy_free_rule_reads_kl_to_the_initial_policy():
+    collapsing = synthetic_trace(250, collapse_at=100)
+    calm = synthetic_trace(250)
+    far_reference = collapsing.copy()  # degenerates, but travels little: a reference far from the initial policy
+    far_reference[list(KL_INIT)] = calm[list(KL_INIT)]
+    assert detect_collapse(collapsing, GOLD_FREE).collapsed
+    assert not detect_collapse(far_reference, GOLD_FREE).collapsed
+    close_reference = collapsing.copy()  # travels far; the reference moved along (KL to it stays low)
+    close_reference[list(KL_REF)] = calm[list(KL_REF)]
+    assert detect_collapse(close_reference, GOLD_FREE).collapsed
+
+
 def _stability_table():
     rows = []
     for arm, onset in [("vanilla", 80), ("ppo_max", None)]:
@@ -179,3 +210,30 @@ def test_t_quantiles():
     assert t95(1) == 12.706 and t95(30) == 2.042
     assert t95(31) == pytest.approx(2.040, abs=1e-3) and t95(1000) == pytest.approx(1.962, abs=1e-3)
     assert math.isnan(t95(0))
+
+
+def _long(traces: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, traces) frames, as analysis.load builds them, of wide traces keyed by run id (arm = run id)."""
+    rows = [trace.assign(run_id=run_id).reset_index() for run_id, trace in traces.items()]
+    long = pd.concat(rows).melt(id_vars=["run_id", "step"], var_name="metric", value_name="value").dropna()
+    long = long.astype({"run_id": "category", "metric": "category"})
+    runs = pd.DataFrame({"run_id": list(traces), "arm": list(traces), "seed": 0, "status": "completed",
+                         "n_steps": [len(t) for t in traces.values()], "nonfinite_values": 0})
+    return runs, long
+
+
+def test_each_run_is_measured_with_the_kl_it_logged():
+    """In a sweep mixing new runs and an old one that logged KL to its reference only, the new runs are measured
+    by KL to their initial policy and the old one falls back to its KL to the reference (which the report flags)."""
+    new = synthetic_trace(40, noise=1.0, seed=2)
+    new[list(KL_REF)] = new[list(KL_INIT)].to_numpy() + 12.0
+    old = old_style(synthetic_trace(40, noise=1.0, seed=3))
+    stability = run_stability(*_long({"new": new, "old": old}), final_window=10)
+    assert new["kl/ref_k3"].min() > CollapseRules().kl_threshold
+    assert stability_criteria(stability).loc[0, "kl_bounded"] == 1.0
+    stability = stability.set_index("run_id")
+
+    assert stability.loc["new", "kl_metric"] == "kl/init_k3" and stability.loc["old", "kl_metric"] == "kl/ref_k3"
+    assert stability.loc["new", "final_kl"] == pytest.approx(new["kl/init_k3"].tail(10).mean())
+    assert stability.loc["old", "final_kl"] == pytest.approx(old["kl/ref_k3"].tail(10).mean())
+    assert list(reference_kl_runs(stability.reset_index())) == ["old"]

@@ -16,9 +16,8 @@ from rlhf_lab.paths import conf_dir
 
 register_schema()
 PRESETS = tuple(sorted(p.stem for p in (conf_dir() / "preset").glob("*.yaml")))
-GROUP_OPTIONS = {("adv_estimator", "grpo"), ("adv_estimator", "rloo"), ("adv_norm", "group_whiten"),
-                 ("adv_norm", "group_mean_batch_std"), ("policy_filter", "best_of_n"), ("policy_filter", "best_random"),
-                 ("policy_filter", "best_worst")}  # they compare the responses to one prompt
+GROUP_OPTIONS = {("adv_estimator", "grpo"), ("adv_estimator", "rloo"), ("policy_filter", "best_of_n"),
+                 ("policy_filter", "best_random"), ("policy_filter", "best_worst")}  # they compare the responses to one prompt
 GROUP_PRESETS = {"grpo", "dr_grpo", "lite_ppo"}  # their advantages compare a prompt's group: no policy filter
 OPTIONS = {group: sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) for group in TRICK_GROUPS}
 
@@ -37,9 +36,9 @@ def test_every_trick_group_has_its_options():
     assert OPTIONS["loss_agg"] == ["seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
                                    "token_mean"]
     assert OPTIONS["overlong"] == ["filter", "off", "soft_penalty"]
-    assert OPTIONS["reward_ensemble"] == ["mean", "mean_minus_std", "min", "off", "robust"]
+    assert OPTIONS["reward_ensemble"] == ["mean", "mean_min", "mean_minus_std", "min", "off"]
     assert OPTIONS["policy_filter"] == ["best_of_n", "best_random", "best_worst", "off"]
-    assert OPTIONS["reference"] == ["dpo", "sft", "soup"]
+    assert OPTIONS["reference"] == ["mpo", "sft", "soup"]
     assert set(PRESETS) >= {"vanilla", "ppo_max", "grpo", "dr_grpo", "lite_ppo", "reinforce_pp"}
     assert all(options for options in OPTIONS.values())
 

@@ -58,7 +58,7 @@ def test_one_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, over
     one = tiny_trainer(eos_checkpoints, *overrides)  # one process, no process group: unwrapped, unsharded
     torch.manual_seed(3)
     batch = one.rollout()
-    rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores), batch.logprobs,
+    rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores)[0], batch.logprobs,
                                           batch.ref_logprobs, batch.mask)
     advantages, returns = one.tricks.advantages(rewards, batch.values, batch.mask)
     assert (batch.mask == 0).any() and len(set(batch.mask.sum(1).tolist())) > 1  # uneven lengths per rank

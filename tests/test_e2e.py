@@ -17,8 +17,8 @@ TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task
         "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",
         "ppo.batch_size=16", "ppo.max_new_tokens=12", "critic_pretrain.steps=2", "ptx_loss.batch_size=4",
         "run.samples_every=2", "run.checkpoint_every=2", "run.progress=false"]
-CONTRACT_METRICS = """reward/proxy_mean reward/gold_mean reward/shaped_mean kl/ref_k1 kl/ref_k2 kl/ref_k3 ppl/policy
-ppl/ref length/response_mean length/response_max length/eos_missing_frac diversity/distinct_1 diversity/distinct_2
+CONTRACT_METRICS = """reward/proxy_mean reward/gold_mean reward/shaped_mean kl/ref_k1 kl/ref_k2 kl/ref_k3 kl/init_k1
+kl/init_k2 kl/init_k3 ppl/policy ppl/ref ppl/init length/response_mean length/response_max length/eos_missing_frac diversity/distinct_1 diversity/distinct_2
 diversity/repeat_ngram_frac entropy/policy_mean ppo/policy_loss ppo/value_loss ppo/clipfrac ppo/approx_kl
 ppo/value_clipfrac ppo/explained_var ppo/grad_norm_policy ppo/grad_norm_critic ppo/entropy_bonus ppo/ptx_loss
 adv/mean adv/std return/mean value/mean kl_ctl/coef perf/iter_seconds perf/rollout_seconds perf/train_seconds
@@ -134,6 +134,7 @@ def test_lora_trains_and_resumes_exactly(tmp_path, cache):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = without_perf(read_jsonl(whole / "metrics.jsonl"))
     assert rows[0]["kl/ref_k1"] == pytest.approx(0, abs=1e-5) and rows[-1]["kl/ref_k1"] > 1e-4
+    assert all(row["kl/init_k1"] == row["kl/ref_k1"] for row in rows)  # the LoRA reference is the start
     with safe_open(str(whole / "checkpoints" / "step-000004" / "policy.safetensors"), "pt") as saved:
         names = list(saved.keys())
     assert names and all("lora_" in name for name in names)

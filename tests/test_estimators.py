@@ -30,45 +30,6 @@ def per_response(advantages: torch.Tensor) -> list[float]:
     return values
 
 
-def test_grpo_rloo_remax_from_token_rewards_by_hand():
-    # grpo: groups (1.9, 1.0) and (2.8, -0.5): +-0.45 / std, std = 0.9 / sqrt 2 and 3.3 / sqrt 2
-    adv, returns = tricks("adv_estimator=grpo", "adv_estimator.eps=0").advantages(REWARDS, None, MASK)
-    s1, s2 = 0.9 / math.sqrt(2), 3.3 / math.sqrt(2)
-    assert per_response(adv) == pytest.approx([0.45 / s1, -0.45 / s1, 1.65 / s2, -1.65 / s2], rel=1e-5)
-    assert per_response(returns) == pytest.approx(RETURNS)
-    # Dr. GRPO: the mean subtracted only
-    adv, _ = tricks("adv_estimator=grpo", "adv_estimator.std_norm=false").advantages(REWARDS, None, MASK)
-    assert per_response(adv) == pytest.approx([0.45, -0.45, 1.65, -1.65], rel=1e-5)
-    # rloo at G = 2: the other response's return subtracted
-    adv, _ = tricks("adv_estimator=rloo").advantages(REWARDS, None, MASK)
-    assert per_response(adv) == pytest.approx([0.9, -0.9, 3.3, -3.3], rel=1e-5)
-    # remax: the greedy responses' returns subtracted
-    adv, _ = tricks("adv_estimator=remax").advantages(REWARDS, None, MASK, torch.tensor([1.0, 1.0, 2.0, 0.0]))
-    assert per_response(adv) == pytest.approx([0.9, 0.0, 0.8, -0.5], rel=1e-5)
-
-
-def test_reinforce_pp_is_the_whitened_reward_to_go():
-    adv, returns = tricks("adv_estimator=reinforce_pp").advantages(REWARDS, None, MASK)
-    to_go = torch.tensor([[1.9, 2.0, 2.0], [1.0, 1.0, 0.0], [2.8, 2.8, 3.0], [-0.5, -1.0, -1.0]])
-    torch.testing.assert_close(returns, to_go)
-    real = to_go[MASK.bool()]
-    expected = (to_go - real.mean()) / real.std() * MASK
-    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_group_normalisation_after_an_estimator():
-    """adv_norm=group_mean_batch_std on Dr. GRPO's centred returns (Lite PPO): the batch std of the tokens'
-    advantages divides them."""
-    adv, _ = tricks("adv_estimator=grpo", "adv_estimator.std_norm=false",
-                    "adv_norm=group_mean_batch_std").advantages(REWARDS, None, MASK)
-    centred = torch.tensor([0.45, -0.45, 1.65, -1.65]).unsqueeze(1) * MASK
-    # the group means over tokens are no longer 0 (response 1 is shorter): subtract them first
-    groups = [(0.45 * 3 - 0.45 * 2) / 5, 0.0]
-    shifted = (centred - torch.tensor([groups[0], groups[0], groups[1], groups[1]]).unsqueeze(1)) * MASK
-    expected = shifted / centred[MASK.bool()].std()
-    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-6)
-
-
 def test_overlong_filter_and_soft_penalty():
     finished = torch.tensor([True, False, True, True])
     assert torch.equal(tricks("overlong=filter").policy_mask(MASK, finished)[1], torch.zeros(3))
@@ -81,13 +42,17 @@ def test_overlong_filter_and_soft_penalty():
 def test_group_options_need_groups_and_critic_options_warn():
     from rlhf_lab.config import ConfigError, validate
 
-    for option in ("adv_estimator=grpo", "adv_estimator=rloo", "adv_norm=group_whiten"):
+    for option in ("adv_estimator=grpo", "adv_estimator=rloo"):
         with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
             make_config(option)
     with pytest.raises(ConfigError, match="overlong.cache"):
         make_config("overlong=soft_penalty", "overlong.cache=32", "ppo.max_new_tokens=32")
     warnings = validate(make_config("preset=ppo_max", "adv_estimator=remax"))
-    assert any("trains no critic" in w and "value_clip=on" in w and "critic_pretrain=steps" in w for w in warnings)
+    # critic_pretrain still warms the reward statistics without a critic: not unused
+    assert any("trains no critic" in w and "value_clip=on" in w and "critic_pretrain" not in w for w in warnings)
+    warnings = validate(make_config("preset=ppo_max", "adv_estimator=rloo", "ppo.samples_per_prompt=2"))
+    assert any("adv_norm=whiten after adv_estimator=rloo" in w for w in warnings)
+    assert not any("adv_norm" in w for w in validate(make_config("preset=grpo")))
 
 
 OPTIONS = {

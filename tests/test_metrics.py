@@ -66,9 +66,10 @@ def test_perplexity_counts_response_tokens_only():
 def test_rollout_metrics(batch):
     tokens, mask = batch
     torch.manual_seed(0)
-    logp, ref = -torch.rand(3, 10), -torch.rand(3, 10)
+    logp, ref, init = -torch.rand(3, 10), -torch.rand(3, 10), -torch.rand(3, 10)
     out = metrics.fetch(metrics.rollout_metrics(
-        tokens=tokens, mask=mask, eos_id=EOS, vocab_size=20, logp=logp, ref_logp=ref, entropy=torch.ones(3, 10),
+        tokens=tokens, mask=mask, eos_id=EOS, vocab_size=20, logp=logp, ref_logp=ref, init_logp=init,
+        entropy=torch.ones(3, 10),
         scores=torch.tensor([1.0, 2.0, 3.0]), shaped_scores=torch.zeros(3), gold=torch.tensor([0.5, 0.5, -1.0])))
     assert all(isinstance(value, float) for value in out.values())
     assert out["length/response_mean"] == pytest.approx((8 + 5 + 10) / 3)
@@ -77,8 +78,11 @@ def test_rollout_metrics(batch):
     assert out["reward/proxy_mean"] == pytest.approx(2.0)
     assert out["reward/gold_mean"] == pytest.approx(0.0)
     for estimator in KLEstimator:  # per-sequence sums over real tokens, then the batch mean
-        per_token = ppo.kl_estimate(logp, ref, estimator)
-        expected = sum((per_token[b] * mask[b]).sum().item() for b in range(3)) / 3
-        assert out[f"kl/ref_{estimator.value}"] == pytest.approx(expected, rel=1e-5)
+        for name, other in (("ref", ref), ("init", init)):  # to the reference, and to the initial policy
+            per_token = ppo.kl_estimate(logp, other, estimator)
+            expected = sum((per_token[b] * mask[b]).sum().item() for b in range(3)) / 3
+            assert out[f"kl/{name}_{estimator.value}"] == pytest.approx(expected, rel=1e-5)
+    init_ppl = [math.exp(-(init[b] * mask[b]).sum().item() / mask[b].sum().item()) for b in range(3)]
+    assert out["ppl/init"] == pytest.approx(sum(init_ppl) / 3, rel=1e-5)
     ppl = [math.exp(-(logp[b] * mask[b]).sum().item() / mask[b].sum().item()) for b in range(3)]
     assert out["ppl/policy"] == pytest.approx(sum(ppl) / 3, rel=1e-5)

@@ -46,7 +46,7 @@ from rlhf_lab.trainer import PPOTrainer  # noqa: E402
 
 REL_TOL, ABS_TOL = 1e-3, 1e-5
 # metrics added after the golden values were recorded (new names; no old one renamed or dropped)
-ADDED_SINCE_GOLDEN = {"length/response_tokens", "ppo/loss"}
+ADDED_SINCE_GOLDEN = {"length/response_tokens", "ppo/loss", "kl/init_k1", "kl/init_k2", "kl/init_k3", "ppl/init"}
 ITERATIONS = 3
 COMMON = ("ppo.batch_size=16", "ppo.minibatches=2", "ppo.max_new_tokens=12", "seed=5")
 CONFIGS = {
@@ -105,7 +105,7 @@ def seeded_metrics(checkpoints: tuple[Path, Path], name: str) -> list[dict[str, 
     """Every non-perf metric of ITERATIONS PPO iterations (after critic pre-training where configured)."""
     trainer = seeded_trainer(checkpoints, *CONFIGS[name])
     torch.manual_seed(trainer.cfg.seed)
-    pretrain = [{f"pretrain/{k}": v for k, v in stats.items()} for stats in trainer.pretrain_critic()]
+    pretrain = [{f"pretrain/{k}": v for k, v in stats.items()} for stats in trainer.warm_up()]
     rows = []
     for _ in range(ITERATIONS):
         metrics, _ = trainer.step()

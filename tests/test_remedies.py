@@ -1,5 +1,5 @@
-"""The surrounding papers' remedies as switches: reward-model ensembles, policy filtration, the soup and DPO
-references. The functions against values worked out by hand; every option through the trainer (3 iterations,
+"""The surrounding papers' remedies as switches: reward-model ensembles, policy filtration, the soup reference
+and MPO. The functions against values worked out by hand; every option through the trainer (3 iterations,
 a checkpoint, a resume) and through `rlhf-train` on the toy stages."""
 
 import json
@@ -20,20 +20,9 @@ MEMBERS = torch.tensor([[1.0, 2.0, 6.0], [0.0, -1.0, 1.0]])
 
 
 # ---------------------------------------------------------------- ensemble aggregation
-def test_ensemble_aggregations_by_hand():
-    assert ppo.ensemble_mean(MEMBERS).tolist() == pytest.approx([3.0, 0.0])
-    assert ppo.ensemble_min(MEMBERS).tolist() == pytest.approx([1.0, -1.0])
-    # unbiased std: row 0 deviations (-2, -1, 3): sqrt(14 / 2); row 1 (0, -1, 1): 1
-    assert ppo.ensemble_mean_minus_std(MEMBERS, 0.5).tolist() == pytest.approx([3 - 0.5 * math.sqrt(7), -0.5])
-    # robust, lam = 0.25: 0.25 * mean + 0.75 * min
-    assert ppo.ensemble_robust(MEMBERS, 0.25).tolist() == pytest.approx([0.75 + 0.75, -0.75])
-    assert ppo.ensemble_robust(MEMBERS, 1.0).tolist() == pytest.approx([3.0, 0.0])  # lam 1: the mean
-    assert ppo.ensemble_robust(MEMBERS, 0.0).tolist() == pytest.approx([1.0, -1.0])  # lam 0: the min
-
-
 @pytest.mark.parametrize("option,expected", [
     ("off", [1.0, 0.0]), ("mean", [3.0, 0.0]), ("min", [1.0, -1.0]),
-    ("mean_minus_std", [3 - math.sqrt(7), -1.0]), ("robust", [2.0, -0.5])])
+    ("mean_minus_std", [3 - math.sqrt(7), -1.0]), ("mean_min", [2.0, -0.5])])
 def test_the_option_picks_its_aggregation(option, expected):
     from rlhf_lab.tricks import Tricks
 
@@ -45,15 +34,6 @@ def test_the_option_picks_its_aggregation(option, expected):
 # ---------------------------------------------------------------- policy filtration
 # 2 prompts x 4 responses
 SCORES = torch.tensor([0.5, 2.0, -1.0, 0.0, 3.0, 3.0, 1.0, -2.0])
-
-
-def test_best_of_n_and_best_worst_rows_by_hand():
-    assert ppo.best_of_n_rows(SCORES, 4).tolist() == [1, 4]
-    assert ppo.best_worst_rows(SCORES, 4).tolist() == [1, 2, 4, 7]
-    assert ppo.best_of_n_rows(SCORES, 2).tolist() == [1, 3, 4, 6]
-    # all tied: best and worst are still two different rows
-    rows = ppo.best_worst_rows(torch.zeros(4), 4).tolist()
-    assert len(set(rows)) == 2
 
 
 def test_best_random_keeps_the_best_and_one_other_uniformly():
@@ -110,14 +90,6 @@ def test_weight_soup_by_hand():
         weight_soup([a, {"w": torch.zeros(3), "steps": torch.tensor(1)}], [0.5, 0.5])
 
 
-def test_dpo_loss_by_hand():
-    # margins beta * ((c - rc) - (r - rr)): 0.5 * ((-1 + 2) - (-3 + 2)) = 1; 0.5 * ((-2 + 1) - (-1 + 1)) = -0.5
-    loss, accuracy = ppo.dpo_loss(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0]),
-                                  torch.tensor([-2.0, -1.0]), torch.tensor([-2.0, -1.0]), beta=0.5)
-    expected = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(0.5))) / 2
-    assert loss.item() == pytest.approx(expected) and accuracy.item() == 0.5
-
-
 def test_reference_and_ensemble_checks():
     with pytest.raises(ConfigError, match="lora=on"):
         make_config("reference=soup", "lora=on")
@@ -126,7 +98,7 @@ def test_reference_and_ensemble_checks():
     with pytest.raises(ConfigError, match="reference.soup_with"):
         make_config("reference=soup", "model=hf", "model.policy=p", "model.reward_model=r")
     with pytest.raises(ConfigError, match="reference.path"):
-        make_config("reference=dpo", "model=hf", "model.policy=p", "model.reward_model=r")
+        make_config("reference=mpo", "model=hf", "model.policy=p", "model.reward_model=r")
     with pytest.raises(ConfigError, match="reward_ensemble.size"):
         make_config("reward_ensemble=mean", "reward_ensemble.size=3", "reward_ensemble.reward_models=[a,b]")
     with pytest.raises(ConfigError, match="reward_ensemble=off"):
@@ -134,7 +106,7 @@ def test_reference_and_ensemble_checks():
     assert make_config("reward_ensemble=min").reward_ensemble.members == 3
     assert make_config("reward_ensemble=min", "reward_ensemble.reward_models=[a,b]").reward_ensemble.members == 2
     assert make_config().reward_ensemble.members == 1
-    warnings = validate(make_config("preset=vanilla", "reference=dpo"))
+    warnings = validate(make_config("preset=vanilla", "reference=mpo"))
     assert any("reference only enters the KL penalty" in w for w in warnings)
 
 
@@ -144,7 +116,7 @@ OPTIONS = {f"{preset}_{name}": (f"preset={preset}", *overrides) for preset in ("
                "ensemble_mean": ("reward_ensemble=mean", "reward_ensemble.size=2"),
                "ensemble_min": ("reward_ensemble=min", "reward_ensemble.size=2"),
                "ensemble_mean_minus_std": ("reward_ensemble=mean_minus_std", "reward_ensemble.size=3"),
-               "ensemble_robust": ("reward_ensemble=robust", "reward_ensemble.size=2"),
+               "ensemble_mean_min": ("reward_ensemble=mean_min", "reward_ensemble.size=2"),
                "best_of_n": ("policy_filter=best_of_n", "ppo.samples_per_prompt=4", "ppo.minibatches=1"),
                "best_random": ("policy_filter=best_random", "ppo.samples_per_prompt=4"),
                "best_worst": ("policy_filter=best_worst", "ppo.samples_per_prompt=4"),
@@ -178,7 +150,7 @@ def test_the_filter_trains_on_the_kept_rows_only(tiny_checkpoints):
 
 def test_the_ensemble_scores_with_every_member(tiny_checkpoints):
     """The rollout's score of each response is the aggregation of what each member model scores alone."""
-    trainer = tiny_trainer(tiny_checkpoints, "reward_ensemble=robust", "reward_ensemble.size=2",
+    trainer = tiny_trainer(tiny_checkpoints, "reward_ensemble=mean_min", "reward_ensemble.size=2",
                            "reward_ensemble.lam=0.3")
     batch = trainer.rollout()
     from rlhf_lab.packing import pack
@@ -198,9 +170,9 @@ def stage_cache(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["vanilla", "ppo_max"])
-@pytest.mark.parametrize("remedy", [("reward_ensemble=robust",), ("policy_filter=best_random",
+@pytest.mark.parametrize("remedy", [("reward_ensemble=mean_min",), ("policy_filter=best_random",
                                                                    "ppo.samples_per_prompt=4"),
-                                    ("reference=soup",), ("reference=dpo",)])
+                                    ("reference=soup",), ("reference=mpo",)])
 def test_every_remedy_runs_end_to_end(stage_cache, tmp_path, preset, remedy):
     from test_e2e import train
     from rlhf_lab.rundir import read_jsonl
@@ -221,7 +193,8 @@ def test_every_remedy_runs_end_to_end(stage_cache, tmp_path, preset, remedy):
 @pytest.mark.slow
 def test_the_toy_stages_of_the_remedies(stage_cache):
     """The ensemble's members are distinct calibrated reward models; the soup's weights are the average of the
-    two SFT checkpoints'; the DPO reference trained on the easy share of its pairs and moved off the SFT model."""
+    two SFT checkpoints'; MPO's DPO model trained on the easy share of its pairs and moved off the SFT model, and
+    the hard pairs' prompts are PPO's."""
     from safetensors.torch import load_file
 
     from test_e2e import TINY
@@ -245,9 +218,14 @@ def test_the_toy_stages_of_the_remedies(stage_cache):
     assert any(not torch.equal(a[key], b[key]) for key in a)
     assert "soup_demonstration_loss" in json.loads((artefacts.reference_dir / "soup_report.json").read_text())
 
-    dpo = stages.prepare(make_config(*TINY, "reference=dpo"), stage_cache).reference_dir
+    mpo = stages.prepare(make_config(*TINY, "reference=mpo"), stage_cache)
+    dpo = mpo.reference_dir
+    assert mpo.policy_dir == dpo  # MPO's PPO starts from the DPO model
     report = json.loads((dpo / "dpo_report.json").read_text())
     assert report["easy_pairs"] == int(cfg.task.dpo.pairs * cfg.task.dpo.easy_fraction)
+    assert len(mpo.hard_prompts) == report["hard_prompts"] == cfg.task.dpo.pairs - report["easy_pairs"]
+    tokenizer = stages.build_tokenizer(mpo.language)
+    assert all(tokenizer.decode(tokenizer(p)["input_ids"]) == p for p in mpo.hard_prompts[:20])
     assert report["easy_gap_threshold"] >= report["median_gap"]  # the easy half has the larger gaps
     tuned = load_file(str(dpo / "model.safetensors"))
     assert any(not torch.equal(tuned[key], a[key]) for key in a)
@@ -260,7 +238,7 @@ def test_remedies_on_two_sharded_ranks(stage_cache, tmp_path):
     from test_distributed import train
 
     rows = train(stage_cache, tmp_path / "run", "distributed=fsdp", "distributed.processes=2",
-                 "distributed.shard_frozen=true", "reward_ensemble=robust", "policy_filter=best_random",
+                 "distributed.shard_frozen=true", "reward_ensemble=mean_min", "policy_filter=best_random",
                  "ppo.samples_per_prompt=4", "iterations=3")
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert all(row["reward/ensemble_std"] > 0 for row in rows)
@@ -304,13 +282,16 @@ def test_remedies_on_local_hf_checkpoints(tiny_checkpoints, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_jsonl(tmp_path / "soup" / "metrics.jsonl")
     assert len(rows) == 2 and rows[0]["reward/ensemble_std"] == 0  # two copies of one model agree
-    assert rows[0]["kl/ref_k1"] != 0  # the policy starts at the SFT model, away from the soup
+    # the policy starts at the SFT model, away from the soup: KL to the reference, none travelled yet
+    assert abs(rows[0]["kl/ref_k1"]) > 1e-2 and rows[0]["kl/init_k1"] == pytest.approx(0, abs=1e-3)
     soup = load_reference([sft_dir, other], 0.25, torch.float32).state_dict()
     first, second = AutoModelForCausalLM.from_pretrained(str(sft_dir)).state_dict(), model.state_dict()
     for key in first:
         torch.testing.assert_close(soup[key], 0.25 * first[key] + 0.75 * second[key])
 
-    out = run("dpo", "reference=dpo", f"reference.path={other}")
+    out = run("mpo", "reference=mpo", f"reference.path={other}")
     assert out.returncode == 0, out.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "mpo" / "metrics.jsonl")  # MPO: the policy starts from the DPO model it is held to
+    assert rows[0]["kl/ref_k1"] == pytest.approx(0, abs=1e-3) and rows[0]["kl/init_k1"] == rows[0]["kl/ref_k1"]
     out = run("bad", "reward_ensemble=mean", f"reward_ensemble.reward_models=[{rm_dir},{tmp_path / 'nowhere'}]")
     assert out.returncode != 0 and "reward_ensemble.reward_models[1]" in out.stderr + out.stdout

@@ -10,6 +10,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from conftest import make_config, tiny_trainer
+from rlhf_lab import ppo
 from rlhf_lab.config import ConfigError, Device, Precision, RolloutCache
 from rlhf_lab.packing import pack
 from rlhf_lab.rollout import kv_cache
@@ -55,6 +56,31 @@ def test_bf16_trains_with_fp32_master_weights_and_bf16_frozen_models(tiny_checkp
     assert any(not torch.equal(after[k], v) for k, v in before.items())
     exp_avg = next(iter(trainer.policy_optimizer.state.values()))["exp_avg"]
     assert exp_avg.dtype == torch.float32
+
+
+def test_bf16_ratio_is_one_at_the_first_minibatch(tiny_checkpoints):
+    """Under bf16 the KV-cache decode and the full training pass round differently, so the log-probs recorded
+    while sampling are not the training pass's; the rollout recomputes them with the training pass (as verl and
+    OpenRLHF do), and the PPO ratio at the first minibatch, before any update, is 1."""
+    def first_minibatch_log_ratio(trainer):
+        batch = trainer.rollout()
+        rows, n = batch.tokens.shape
+        mb = torch.randperm(rows)[:rows // trainer.cfg.ppo.minibatches]  # as `train` draws it
+        with torch.no_grad():
+            logits = trainer.policy(pack(batch.ids[mb], batch.attention[mb]), n, trainer.cfg.ppo.temperature)
+        new = ppo.logprobs_from_logits(logits, batch.tokens[mb])
+        return ((new - batch.logprobs[mb]) * batch.mask[mb]).abs().max().item(), batch.tokens
+
+    sampled = tiny_trainer(tiny_checkpoints, "precision=bf16", "ppo.max_new_tokens=16",
+                           "rollout.recompute_logprobs=false")
+    mismatch, tokens = first_minibatch_log_ratio(sampled)  # each trainer seeds the global generator: draw at once
+    recomputed = tiny_trainer(tiny_checkpoints, "precision=bf16", "ppo.max_new_tokens=16")
+    exact, same_tokens = first_minibatch_log_ratio(recomputed)
+    assert recomputed.recompute_logprobs and not sampled.recompute_logprobs
+    assert not tiny_trainer(tiny_checkpoints).recompute_logprobs  # fp32: the sampled log-probs are exact enough
+    assert torch.equal(tokens, same_tokens)  # one seed: the same responses
+    assert mismatch > 1e-5  # the sampling pass and the training pass disagree under bf16 ...
+    assert exact <= 1e-6  # ... but the ratio of the recomputed log-probs is 1 to fp32 rounding
 
 
 def test_fp32_is_unchanged_by_the_runtime(tiny_checkpoints):
@@ -103,7 +129,7 @@ def test_the_loop_creates_no_tensor_away_from_the_models(tiny_checkpoints, overr
     trainer = tiny_trainer(tiny_checkpoints, *overrides)
     trainer.gold_reward = lambda prompts, responses, finished: [float(len(r)) for r in responses]
     with FactoryCalls() as calls:
-        trainer.pretrain_critic()
+        trainer.warm_up()
         trainer.step()
         trainer.step()
     assert calls.undirected <= HOST_SIDE, f"tensors created without a device: {calls.undirected - HOST_SIDE}"

@@ -19,7 +19,7 @@ BATCH_1, BATCH_2 = torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([-2.0, 0.0])
 def test_reward_norm_running_uses_all_scores_seen_so_far():
     tricks = Tricks(make_config("preset=vanilla", "reward_norm=running"))
     tricks.shape_scores(BATCH_1)
-    out = tricks.shape_scores(BATCH_2)
+    out = tricks.shape_scores(BATCH_2)[0]
     everything = torch.cat([BATCH_1, BATCH_2])
     torch.testing.assert_close(out, (BATCH_2 - everything.mean()) / everything.std())
     assert tricks.score_stats.count == 6
@@ -28,21 +28,21 @@ def test_reward_norm_running_uses_all_scores_seen_so_far():
 def test_reward_norm_batch_uses_this_batch_only():
     tricks = Tricks(make_config("preset=vanilla", "reward_norm=batch"))
     tricks.shape_scores(BATCH_1)
-    torch.testing.assert_close(tricks.shape_scores(BATCH_2), torch.tensor([-1.0, 1.0]) / math.sqrt(2))
+    torch.testing.assert_close(tricks.shape_scores(BATCH_2)[0], torch.tensor([-1.0, 1.0]) / math.sqrt(2))
 
 
 def test_reward_scaling_divides_by_running_std_without_centering():
     tricks = Tricks(make_config("preset=vanilla", "reward_scaling=running_std"))
     tricks.shape_scores(BATCH_1)
-    out = tricks.shape_scores(BATCH_2)
+    out = tricks.shape_scores(BATCH_2)[0]
     torch.testing.assert_close(out, BATCH_2 / torch.cat([BATCH_1, BATCH_2]).std())
 
 
 def test_reward_clip_applies_after_normalisation():
     cfg = make_config("preset=vanilla", "reward_norm=batch", "reward_clip=on", "reward_clip.clip=0.5")
-    out = Tricks(cfg).shape_scores(torch.tensor([0.0, 0.0, 0.0, 10.0]))
+    out = Tricks(cfg).shape_scores(torch.tensor([0.0, 0.0, 0.0, 10.0]))[0]
     assert out.max().item() == pytest.approx(0.5) and out.min().item() == pytest.approx(-0.5)
-    unclipped = Tricks(make_config("preset=vanilla")).shape_scores(torch.tensor([-9.0, 9.0]))
+    unclipped = Tricks(make_config("preset=vanilla")).shape_scores(torch.tensor([-9.0, 9.0]))[0]
     torch.testing.assert_close(unclipped, torch.tensor([-9.0, 9.0]))
 
 
@@ -162,17 +162,17 @@ def test_critic_pretrain_trains_the_critic_only(tiny_checkpoints, option):
     trainer = tiny_trainer(tiny_checkpoints, f"critic_pretrain={option}", "critic_pretrain.steps=3",
                            "critic_pretrain.target_explained_var=1.0")
     policy_before, critic_before = state(trainer.policy), state(trainer.critic)
-    history = trainer.pretrain_critic()
+    history = trainer.warm_up()
     assert len(history) == 3  # a target of 1.0 is never reached: converge stops at the cap
     assert all(torch.equal(v, trainer.policy.state_dict()[k]) for k, v in policy_before.items())
     assert not all(torch.equal(v, trainer.critic.state_dict()[k]) for k, v in critic_before.items())
-    assert tiny_trainer(tiny_checkpoints, "critic_pretrain=off").pretrain_critic() == []
+    assert tiny_trainer(tiny_checkpoints, "critic_pretrain=off").warm_up() == []
 
 
 def test_critic_pretrain_converge_stops_at_the_target(tiny_checkpoints):
     trainer = tiny_trainer(tiny_checkpoints, "critic_pretrain=converge", "critic_pretrain.steps=5",
                            "critic_pretrain.target_explained_var=-1e9")
-    assert len(trainer.pretrain_critic()) == 1
+    assert len(trainer.warm_up()) == 1
 
 
 def grads(model):

@@ -11,8 +11,9 @@ rm:   the SFT backbone with a scalar head, trained with a Bradley-Terry loss on 
       own seed (member 0 is the usual RM).
 soup: [reference=soup] the weight average of the SFT model and a second SFT model: the same initial weights,
       its own draw of demonstrations and order (SALSA's two SFT runs from one base; see `_train_sft`).
-dpo:  [reference=dpo] the SFT model after DPO on MPO's "easy" pairs: a fresh draw of labelled pairs, of which
-      the share `task.dpo.easy_fraction` with the largest proxy-RM score gap (see `_train_dpo`).
+dpo:  [reference=mpo] MPO's first stage: the SFT model after DPO on the "easy" pairs, a fresh draw of labelled pairs
+      of which the share `task.dpo.easy_fraction` with the largest proxy-RM score gap; the prompts of the other
+      (hard) pairs are PPO's prompts in the second stage (hard_prompts.json; see `_train_dpo`).
 """
 
 from __future__ import annotations
@@ -46,16 +47,23 @@ log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<eos>", "<unk>")
 MAX_RESPONSE_WORDS = 30  # SFT demonstrations are kept shorter than the default PPO length cap (32)
 MEMBER_SEED_STRIDE = 7919  # member k of a stage draws its data from seed + k * stride (k = 0: the usual stage)
-HELD_OUT_SEED = 99  # offset of the seed of held-out demonstrations and prompts in the stages' reports
+HELD_OUT_SEED = 99
+HARD_PROMPTS = "hard_prompts.json"  # [reference=mpo] in the dpo stage's folder: MPO's hard prompts, PPO's prompts  # offset of the seed of held-out demonstrations and prompts in the stages' reports
 
 
 @dataclass(frozen=True)
 class ToyArtifacts:
-    sft_dir: Path  # the SFT policy: the initial policy (and the reference with reference=sft)
+    sft_dir: Path  # the SFT policy (the initial policy but with reference=mpo)
     rm_dir: Path  # the proxy reward model (member 0 of an ensemble)
     language: ToyLanguage
     rm_dirs: tuple[Path, ...] = ()  # [reward_ensemble] every member, rm_dir first
     reference_dir: Path | None = None  # [reference] the KL reference's checkpoint
+    hard_prompts: tuple[str, ...] = ()  # [reference=mpo] the prompts PPO trains on (else: the language's prompts)
+
+    @property
+    def policy_dir(self) -> Path:
+        """The checkpoint the policy starts from: the reference when it is the policy's start (sft, mpo)."""
+        return self.reference_dir if self.hard_prompts else self.sft_dir
 
 
 def build_tokenizer(language: ToyLanguage) -> PreTrainedTokenizerFast:
@@ -303,13 +311,15 @@ def _pair_logprobs(model, pairs, pad: int, batch_size: int = 256) -> torch.Tenso
 
 
 def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_dir: Path) -> None:
-    """[reference=dpo] MPO's reference: DPO from the SFT model on the easy pairs.
+    """[reference=mpo] MPO's first stage (Gou & Nguyen 2024, "Mixed Preference Optimization", §3): DPO from the
+    SFT model on the easy pairs, and the hard prompts for its second stage.
 
     The pairs are a fresh draw made like the reward model's (two SFT-policy responses to a prompt, labelled by the
     noisy judge on the gold reward). The proxy RM scores both responses; the `easy_fraction` of pairs with the
     largest |score gap| are the easy ones, and DPO (its own reference: the SFT model) trains on them with the
-    judge's labels. The report has the split, DPO's held-out preference accuracy, and the gold reward and KL to
-    the SFT model of the DPO model's own samples."""
+    judge's labels; the prompts of the other pairs (small gaps: the hard ones) go to hard_prompts.json. The report
+    has the split, DPO's held-out preference accuracy, and the gold reward and KL to the SFT model of the DPO
+    model's own samples."""
     dpo, rmc = cfg.task.dpo, cfg.task.rm
     seed = cfg.task.language_seed + 3
     rng = random.Random(seed)
@@ -325,9 +335,9 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
     rm = load_reward_model(rm_dir, torch.float32).eval()
     chosen, rejected = _scores(rm, [c for c, *_ in pairs] + [r for _, r, *_ in pairs], pad).chunk(2)
     gaps = (chosen - rejected).abs()
-    easy_count = int(len(pairs) * dpo.easy_fraction)
-    order = gaps.argsort(descending=True)
-    easy = [pairs[i] for i in order[:easy_count].tolist()]
+    easy_rows, hard_rows = ppo.mpo_split(gaps, dpo.easy_fraction)
+    easy = [pairs[i] for i in easy_rows.tolist()]
+    hard_prompts = [tokenizer.decode(pairs[i][0][:pairs[i][3]]) for i in hard_rows.tolist()]
     easy_ref = _pair_logprobs(sft, easy, pad)  # (E, 2): the SFT model's, fixed
 
     model = load_policy(sft_dir, torch.float32).eval()  # no dropout (the toy model has none)
@@ -354,7 +364,8 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
     decided = margins.abs() > 1e-6
     prefers_chosen = held[:, 0] > held[:, 1]
     prompts = [language.sample_prompt(random.Random(cfg.task.language_seed + HELD_OUT_SEED + i)) for i in range(512)]
-    report = {"pairs": len(pairs), "easy_pairs": len(easy), "easy_gap_threshold": gaps[order[easy_count - 1]].item(),
+    report = {"pairs": len(pairs), "easy_pairs": len(easy), "hard_prompts": len(hard_prompts),
+              "easy_gap_threshold": gaps[easy_rows[-1]].item(),
               "median_gap": gaps.median().item(), "final_loss": loss.item(), "final_batch_accuracy": accuracy.item(),
               "held_out_label_accuracy": prefers_chosen.float().mean().item(),
               "held_out_gold_accuracy": (prefers_chosen == (margins > 0))[decided].float().mean().item()}
@@ -369,6 +380,7 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "dpo_report.json").write_text(json.dumps(report, indent=2))
+    (out / HARD_PROMPTS).write_text(json.dumps(hard_prompts))
 
 
 def prepare(cfg: Config, cache_root: Path) -> ToyArtifacts:
@@ -393,9 +405,11 @@ def prepare(cfg: Config, cache_root: Path) -> ToyArtifacts:
                      "weight": cfg.reference.soup_weight}
         reference_dir = cached_build(cache_root, "toy-soup", soup_spec,
                                      lambda out: _build_soup(out, cfg, language, sft_dir, second_dir))
-    elif cfg.reference.name == Reference.dpo:
+    hard_prompts = ()
+    if cfg.reference.name == Reference.mpo:
         dpo_spec = {"stage": "dpo", "code": code, "sft": sft_spec, "rm": rm_spec, "dpo": asdict(cfg.task.dpo)}
         reference_dir = cached_build(cache_root, "toy-dpo", dpo_spec,
                                      lambda out: _train_dpo(out, cfg, language, sft_dir, rm_dirs[0]))
+        hard_prompts = tuple(json.loads((reference_dir / HARD_PROMPTS).read_text()))
     return ToyArtifacts(sft_dir=sft_dir, rm_dir=rm_dirs[0], language=language, rm_dirs=rm_dirs,
-                        reference_dir=reference_dir)
+                        reference_dir=reference_dir, hard_prompts=hard_prompts)
