@@ -262,8 +262,10 @@ class PPOTrainer:
                 if update_policy:
                     units = ppo.aggregation_units(policy_mask[mb], tricks.loss_agg) * runtime.world_size
                     weight = units / ppo.aggregation_units(policy_mask[minibatch], tricks.loss_agg).clamp(min=1)
+                    # the token means (clip fraction, approx KL) by the part's share of the tokens, whatever [loss_agg]
+                    token_weight = policy_mask[mb].sum() * runtime.world_size / policy_mask[minibatch].sum().clamp(min=1)
                     stats.update(self.policy_update(packing, batch.tokens[mb], policy_mask[mb], batch.logprobs[mb],
-                                                    batch.ref_logprobs[mb], advantages[mb], n, weight))
+                                                    batch.ref_logprobs[mb], advantages[mb], n, weight, token_weight))
                 if self.critic is not None:  # ---- critic: value loss [value_clip], [grad_clip]
                     weight = mask.sum() * runtime.world_size / batch.mask[minibatch].sum()
                     values = self.critic(packing, n)
@@ -281,10 +283,12 @@ class PPOTrainer:
         return means
 
     def policy_update(self, packing, tokens, mask, old_logprobs, ref_logprobs, advantages, n: int,
-                      weight: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
+                      weight: torch.Tensor | float = 1.0,
+                      token_weight: torch.Tensor | float = 1.0) -> dict[str, torch.Tensor]:
         """One minibatch step of the policy: clipped surrogate, entropy bonus, KL loss, ptx loss, each token loss
         aggregated by [loss_agg] over `mask` (the policy's: [overlong=filter] drops truncated responses).
-        `weight` scales the means of this rank's part of the minibatch (see `train`)."""
+        `weight` scales the [loss_agg] means of this rank's part of the minibatch, `token_weight` its token means
+        (the clip fraction and approx KL; see `train`)."""
         tricks = self.tricks
         logits = self.policy(packing, n, self.cfg.ppo.temperature)  # (B, R, V)
         if tricks.entropy_coef:
@@ -305,8 +309,8 @@ class PPOTrainer:
             loss = loss + tricks.ptx_coef * ptx_loss
         with torch.no_grad():
             approx_kl = ppo.masked_mean(ppo.kl_estimate(old_logprobs, logprobs, KLEstimator.k3), mask)
-        return {"ppo/policy_loss": weight * policy_loss.detach(), "ppo/clipfrac": weight * clipfrac,
-                "ppo/approx_kl": weight * approx_kl, "ppo/entropy_bonus": weight * entropy_bonus.detach(),
+        return {"ppo/policy_loss": weight * policy_loss.detach(), "ppo/clipfrac": token_weight * clipfrac,
+                "ppo/approx_kl": token_weight * approx_kl, "ppo/entropy_bonus": weight * entropy_bonus.detach(),
                 "ppo/ptx_loss": ptx_loss.detach(), "ppo/loss": loss.detach(),
                 "ppo/grad_norm_policy": self._optimise(self.policy, self.policy_optimizer, loss)}
 
