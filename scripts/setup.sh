@@ -7,5 +7,5 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install -q -e ".[test,docs]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import rlhf_lab, analysis, torch; print('rlhf-lab ready: torch', torch.__version__)"

@@ -62,7 +62,7 @@ def test_adaptive_kl_controller_by_hand():
     assert ctl.coef == pytest.approx(0.102 * 0.99)
 
 # ---------------------------------------------------------------- PPO clip (Schulman et al. 2017, eq. 7), dual clip
-# (Ye et al. 2020, eq. 5), clip-higher (DAPO, Yu et al. 2025, eq. 10)
+# (Ye et al. 2020), clip-higher (DAPO, Yu et al. 2025)
 def test_ppo_clip_and_dual_clip_by_hand():
     mask = torch.ones(1, 3)
     # ratios 2.0, 0.5, 5.0 with advantages +1, -1, -1 ; eps = 0.2, c = 3
@@ -95,7 +95,7 @@ def test_clip_higher_by_hand():
     assert loss.item() == pytest.approx((-1.2 - 1.2 + 0.8) / 3) and clipfrac.item() == pytest.approx(1.0)
 
 # ---------------------------------------------------------------- GRPO (Shao et al. 2024, §4.1.2), Dr. GRPO (Liu et al.
-# 2025, §3.2), Lite PPO (Liu et al. 2025, "Tricks or Traps?", §4.1: group mean, batch std)
+# 2025), Lite PPO (Liu et al. 2025, "Tricks or Traps?": group mean, batch std; ROLL's reward_norm)
 # The worked example of issue 23: 2 prompts x 4 responses, very unequal lengths
 LITE_SCORES = [1.0, 0.0, 0.0, 0.0, 2.0, 2.5, 1.5, 2.0]
 LITE_LENGTHS = [30, 5, 5, 5, 8, 30, 8, 8]
@@ -135,7 +135,7 @@ def test_rloo_by_hand():
     centred = ppo.grpo_advantages(returns, 3, "none")
     torch.testing.assert_close(ppo.rloo_advantages(returns, 3), centred * 3 / 2)
 
-# ---------------------------------------------------------------- REINFORCE++ (Hu 2025, §3: whitened reward-to-go)
+# ---------------------------------------------------------------- REINFORCE++ (Hu 2025: whitened reward-to-go)
 def test_reinforce_pp_is_the_whitened_reward_to_go():
     rewards = torch.tensor([[-0.1, 0.0, 2.0], [0.0, 1.0, 0.0], [0.0, -0.2, 3.0], [0.5, 0.0, -1.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
@@ -177,8 +177,8 @@ def test_remax_baseline_never_enters_the_reward_statistics():
     assert baseline.tolist() == pytest.approx([(g - mean) / std for g in greedy], rel=1e-5)
 
 
-# ---------------------------------------------------------------- loss aggregation (token_mean: DAPO §3.3; seq_mean_token_mean:
-# GRPO eq. 3; seq_mean_token_sum_norm: Dr. GRPO §3.2; seq_mean_token_sum: verl's name)
+# ---------------------------------------------------------------- loss aggregation (token_mean: DAPO's token-level loss;
+# seq_mean_token_mean: GRPO eq. 3; seq_mean_token_sum_norm: Dr. GRPO; seq_mean_token_sum: verl's name)
 def test_loss_aggregations_by_hand():
     x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [9.0, 9.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # the third row is out
@@ -191,14 +191,14 @@ def test_loss_aggregations_by_hand():
     assert ppo.aggregation_units(mask, LossAgg.token_mean).item() == 4
     assert ppo.aggregation_units(mask, LossAgg.seq_mean_token_mean).item() == 2
 
-# ---------------------------------------------------------------- DAPO's overlong reward shaping (Yu et al. 2025, eq. 13)
+# ---------------------------------------------------------------- DAPO's soft overlong punishment (Yu et al. 2025)
 def test_soft_overlong_penalty_by_hand():
     # cap 32, cache 8: 0 up to 24 tokens, then -1/8 per token, -1 at 32 (coef 1), -0.5 at 32 with coef 0.5
     lengths = torch.tensor([10, 24, 25, 28, 32])
     assert ppo.soft_overlong_penalty(lengths, 32, 8, 1.0).tolist() == [0.0, 0.0, -0.125, -0.5, -1.0]
     assert ppo.soft_overlong_penalty(lengths, 32, 8, 0.5).tolist()[-1] == -0.5
 
-# ---------------------------------------------------------------- reward-model ensembles (Coste et al. 2024, §3: mean,
+# ---------------------------------------------------------------- reward-model ensembles (Coste et al. 2024: mean,
 # worst-case; uncertainty-weighted as mean - k * std) and the lab's mean_min blend
 MEMBERS = torch.tensor([[1.0, 2.0, 6.0], [0.0, -1.0, 1.0]])  # 2 responses x 3 members
 
@@ -214,7 +214,7 @@ def test_ensemble_aggregations_by_hand():
             [lam * statistics.mean(r) + (1 - lam) * min(r) for r in rows])
 
 
-# ---------------------------------------------------------------- PF-PPO's filters (Zhang et al. 2024, §4)
+# ---------------------------------------------------------------- PF-PPO's filters ("Policy Filtration in RLHF", 2024)
 FILTER_SCORES = torch.tensor([0.5, 2.0, -1.0, 0.0, 3.0, 3.0, 1.0, -2.0])
 def test_best_of_n_and_best_worst_rows_by_hand():
     # 2 prompts x 4 responses: the best of group 0 is row 1, its worst row 2; group 1: rows 4 (tie, first), 7
@@ -226,7 +226,7 @@ def test_best_of_n_and_best_worst_rows_by_hand():
     assert len(set(rows)) == 2
 
 # ---------------------------------------------------------------- DPO (Rafailov et al. 2023, eq. 7) and MPO's split
-# (Gou & Nguyen 2024, §3: easy pairs = the largest reward-model score gaps)
+# (Gou & Nguyen 2024: easy pairs = the largest reward-model score gaps)
 def test_dpo_loss_by_hand():
     # margins beta * ((c - rc) - (r - rr)): 0.5 * ((-1 + 2) - (-3 + 2)) = 1; 0.5 * ((-2 + 1) - (-1 + 1)) = -0.5
     loss, accuracy = ppo.dpo_loss(torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0]),
