@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.stability import t95
+
 # stability column -> label in tables and plots
 EFFECT_METRICS = {"final_gold": "final gold", "peak_gold": "peak gold", "final_kl": "final KL",
                   "collapsed": "collapse fraction", "collapse_onset": "collapse onset (step)"}
@@ -50,11 +52,12 @@ def paired_interval(differences) -> tuple[float, float, int]:
         return math.nan, math.nan, 0
     if n < 2:
         return float(d.mean()), math.nan, n
-    return float(d.mean()), float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)), n
+    return float(d.mean()), t95(n - 1) * float(stats.sem(d)), n
 
 
 def welch_interval(arm, base) -> tuple[float, float]:
-    """Difference of means (arm - base) and its 95% Welch t half-width. -> (difference, half)."""
+    """Difference of means (arm - base) and its 95% Welch t half-width (scipy's ttest_ind with unequal
+    variances). -> (difference, half)."""
     a, b = (np.asarray(v, dtype="float64") for v in (arm, base))
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if len(a) == 0 or len(b) == 0:
@@ -62,12 +65,10 @@ def welch_interval(arm, base) -> tuple[float, float]:
     difference = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
         return difference, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if a.var(ddof=1) + b.var(ddof=1) == 0:
         return difference, 0.0
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return difference, float(stats.t.ppf(0.975, dof) * se)
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return difference, float(high - low) / 2
 
 
 def _values(runs: pd.DataFrame, metric: str, suffix: str = "") -> pd.Series:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.load import wide_traces
 from analysis.names import (ANALYSED, ENTROPY, GOLD, KL_PREFERENCE, LENGTH, PPL, PROXY, REPEAT, is_init_kl,
@@ -31,11 +32,6 @@ from analysis.names import (ANALYSED, ENTROPY, GOLD, KL_PREFERENCE, LENGTH, PPL,
 DEFAULT_FINAL_WINDOW = 10
 DEFAULT_KL_BUDGETS = (1.0, 3.0, 10.0)
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom.
-_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
-
-
 @dataclass(frozen=True)
 class CollapseRules:
     """Thresholds of the pattern-collapse detector (see ``detect_collapse``).
@@ -98,14 +94,10 @@ class CollapseResult:
 def smooth(series: pd.Series, window: int) -> pd.Series:
     """Centred rolling mean over ``window`` logged values (fewer at both ends); expects finite values.
 
-    The mean at position i covers positions i - window//2 .. i + (window-1)//2, clipped to the series.
+    The mean at position i covers positions i - window//2 .. i + (window-1)//2, clipped to the series (pandas'
+    centred window).
     """
-    values = series.to_numpy("float64")
-    positions = np.arange(len(values))
-    low = np.maximum(positions - window // 2, 0)
-    high = np.minimum(positions + (window - 1) // 2, len(values) - 1)
-    sums = np.concatenate([[0.0], np.cumsum(values)])
-    return pd.Series((sums[high + 1] - sums[low]) / (high - low + 1), index=series.index)
+    return series.astype("float64").rolling(window, center=True, min_periods=1).mean()
 
 
 def noise_sd(series: pd.Series) -> float:
@@ -382,14 +374,9 @@ def stability_criteria(stability: pd.DataFrame, rules: CollapseRules = CollapseR
     }, index=s.index)
 
 
-def t95(dof: int) -> float:
-    """Two-sided 95% Student t quantile (table up to 30 dof, Cornish-Fisher expansion beyond)."""
-    if dof < 1:
-        return math.nan
-    if dof <= len(_T95):
-        return _T95[dof - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+def t95(dof: float) -> float:
+    """Two-sided 95% Student t quantile (scipy); NaN below 1 degree of freedom."""
+    return float(stats.t.ppf(0.975, dof)) if dof >= 1 else math.nan
 
 
 def _mean_sd_ci(values: pd.Series) -> tuple[float, float, float]:

@@ -189,7 +189,7 @@ def test_run_stability_and_arm_summary():
     assert ppo_max["n_completed"] == 2 and ppo_max["diverged_frac"] == pytest.approx(1 / 3)
     gold = stability.loc[:2, "final_gold"]
     assert vanilla["final_gold_mean"] == pytest.approx(gold.mean())
-    assert vanilla["final_gold_ci95"] == pytest.approx(4.303 * gold.std() / math.sqrt(3))
+    assert vanilla["final_gold_ci95"] == pytest.approx(4.303 * gold.std() / math.sqrt(3), rel=1e-4)  # t(0.975, 2)
     assert vanilla["final_gold_mean"] < 0 < ppo_max["final_gold_mean"]
     assert {"final_kl_mean", "final_kl_sd", "max_kl_ci95", "gold_at_kl_3_mean"} <= set(summary.columns)
     assert vanilla["pass_no_collapse"] == 0 and ppo_max["pass_no_collapse"] == 1
@@ -207,7 +207,7 @@ def test_criteria_are_unknown_where_metrics_are_missing():
 
 
 def test_t_quantiles():
-    assert t95(1) == 12.706 and t95(30) == 2.042
+    assert t95(1) == pytest.approx(12.706, abs=1e-3) and t95(30) == pytest.approx(2.042, abs=1e-3)
     assert t95(31) == pytest.approx(2.040, abs=1e-3) and t95(1000) == pytest.approx(1.962, abs=1e-3)
     assert math.isnan(t95(0))
 
