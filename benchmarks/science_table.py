@@ -1,8 +1,8 @@
 """The README's science table: per arm, mean +- sd over runs (testbed instances x PPO seeds) of the final (mean
 of the last 10 iterations) proxy reward, peak and final gold reward, KL to the initial policy (kl/init_k3, else
 k1, else k2: analysis.names.pick_kl_metric), perplexity, length and repeated-bigram fraction, the median seconds
-per iteration, plus the SFT policy's values (iteration 0 of every run) and how many runs the collapse detector
-flags;
+per iteration, plus the initial policies' values (iteration 0: the SFT policy, and the DPO model MPO starts
+from) and how many runs the collapse detector flags;
 then, per testbed instance (`task.language_seed`), the arms' final KL and gold and the effects the science test
 asserts: vanilla's KL over ppo_max's, and ppo_max's gold minus vanilla's.
 
@@ -21,6 +21,16 @@ INSTANCE = "config.task.language_seed"
 
 def cell(values) -> str:
     return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+
+
+def starting_point(runs) -> "pd.Series":
+    """Each run's initial policy, in words, by run_id: MPO's runs start from the DPO model, the others from the
+    SFT policy (their iteration 0 describes it)."""
+    reference = runs.set_index("run_id").get("tricks.reference")
+    if reference is None:
+        reference = runs.set_index("run_id")["arm"].map(lambda arm: "sft")
+    return reference.map(lambda ref: "DPO model (iteration 0 of the mpo runs)" if ref == "mpo"
+                         else "SFT policy (iteration 0 of the runs that start from it)")
 
 
 def main(paths: list[str]) -> None:
@@ -42,9 +52,10 @@ def main(paths: list[str]) -> None:
               "final repeat", "s/it", "collapsed"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    sft = [cell(initial[m]) for m in columns]
-    print(f"| SFT policy (iteration 0, all runs) | {sft[0]} | – | {sft[1]} | {sft[2]} | {sft[3]} | {sft[4]} | "
-          f"{sft[5]} | – | – |")
+    for start, group in initial.groupby(starting_point(runs)):  # each initial policy on its own row
+        first = [cell(group[m]) for m in columns]
+        print(f"| {start} | {first[0]} | – | {first[1]} | {first[2]} | {first[3]} | {first[4]} | "
+              f"{first[5]} | – | – |")
     for arm, group in final.groupby(arm_of):
         row = [cell(group[m]) for m in ("reward/proxy_mean", "peak gold", "reward/gold_mean", kl,
                                         "ppl/policy", "length/response_mean", "diversity/repeat_ngram_frac",
