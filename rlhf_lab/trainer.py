@@ -166,8 +166,8 @@ class PPOTrainer:
             gold = torch.tensor(self.gold_reward(prompts, responses, finished.tolist()), device=runtime.device)
         return Rollout(prompts, responses, torch.cat([query_ids, tokens], dim=1),
                        torch.cat([query_mask, mask.long()], dim=1), tokens, mask, logprobs, ref_logprobs,
-                       init_logprobs, entropy, values, scores, member_scores, finished, gold, seconds_generate, greedy_scores,
-                       greedy_lengths)
+                       init_logprobs, entropy, values, scores, member_scores, finished, gold, seconds_generate,
+                       greedy_scores, greedy_lengths)
 
     # ================================================================ one PPO iteration
     def step(self) -> tuple[dict[str, float], Rollout]:
@@ -187,8 +187,8 @@ class PPOTrainer:
         metrics = fetch({  # every metric of the iteration, in one device-to-host copy
             **rollout_metrics(tokens=batch.tokens, mask=batch.mask, eos_id=self.tokenizer.eos_token_id,
                               vocab_size=self.vocab_size, logp=batch.logprobs, ref_logp=batch.ref_logprobs,
-                              init_logp=batch.init_logprobs, entropy=batch.entropy, scores=batch.scores, shaped_scores=shaped_scores,
-                              gold=batch.gold),
+                              init_logp=batch.init_logprobs, entropy=batch.entropy, scores=batch.scores,
+                              shaped_scores=shaped_scores, gold=batch.gold),
             **train_stats,
             **self.remedy_metrics(batch, kept),
             "adv/mean": ppo.masked_mean(advantages, kept.mask),

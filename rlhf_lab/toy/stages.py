@@ -59,11 +59,7 @@ class ToyArtifacts:
     rm_dirs: tuple[Path, ...] = ()  # [reward_ensemble] every member, rm_dir first
     reference_dir: Path | None = None  # [reference] the KL reference's checkpoint
     hard_prompts: tuple[str, ...] = ()  # [reference=mpo] the prompts PPO trains on (else: the language's prompts)
-
-    @property
-    def policy_dir(self) -> Path:
-        """The checkpoint the policy starts from: the reference when it is the policy's start (sft, mpo)."""
-        return self.reference_dir if self.hard_prompts else self.sft_dir
+    policy_dir: Path | None = None  # the checkpoint the policy starts from: sft_dir, or [reference=mpo] the DPO model
 
 
 def build_tokenizer(language: ToyLanguage) -> PreTrainedTokenizerFast:
@@ -412,4 +408,5 @@ def prepare(cfg: Config, cache_root: Path) -> ToyArtifacts:
                                      lambda out: _train_dpo(out, cfg, language, sft_dir, rm_dirs[0]))
         hard_prompts = tuple(json.loads((reference_dir / HARD_PROMPTS).read_text()))
     return ToyArtifacts(sft_dir=sft_dir, rm_dir=rm_dirs[0], language=language, rm_dirs=rm_dirs,
-                        reference_dir=reference_dir, hard_prompts=hard_prompts)
+                        reference_dir=reference_dir, hard_prompts=hard_prompts,
+                        policy_dir=reference_dir if cfg.reference.starts_policy else sft_dir)
