@@ -15,7 +15,8 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.config import register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import register_schema
 from rlhf_lab.paths import conf_dir
 from rlhf_lab.build import build_trainer
 

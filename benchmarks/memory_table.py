@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu-gb", type=float, default=80, help="GPU memory in GB (80: H100/A100)")
     args = parser.parse_args()
-    print(f"| model (policy / critic parameters) | " + " | ".join(s.label for s in SETTINGS) + " |")
+    print("| model (policy / critic parameters) | " + " | ".join(s.label for s in SETTINGS) + " |")
     print("|---|" + "---|" * len(SETTINGS))
     for name, shape in SHAPES.items():
         n = count(shape)

@@ -14,7 +14,8 @@ import random
 import torch
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.config import PolicyFilter, RewardEnsemble, register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import PolicyFilter, RewardEnsemble, register_schema
 from rlhf_lab.data import encode
 from rlhf_lab.metrics import r_squared
 from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, quiet_transformers

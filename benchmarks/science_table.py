@@ -23,9 +23,9 @@ def cell(values) -> str:
     return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}" if len(values) > 1 else f"{values.mean():.2f}"
 
 
-def starting_point(runs) -> "pd.Series":
+def starting_point(runs):
     """Each run's initial policy, in words, by run_id: MPO's runs start from the DPO model, the others from the
-    SFT policy (their iteration 0 describes it)."""
+    SFT policy (their iteration 0 describes it). A pandas Series."""
     reference = runs.set_index("run_id").get("tricks.reference")
     if reference is None:
         reference = runs.set_index("run_id")["arm"].map(lambda arm: "sft")

@@ -132,7 +132,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.config import Config, register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import Config, register_schema
 from rlhf_lab.paths import cache_dir, conf_dir
 from rlhf_lab.build import build_trainer
 

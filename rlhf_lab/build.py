@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_lab.config import Config, ConfigError, Distributed, OnOff, Reference, TaskKind
+from rlhf_lab.checks import check_batch_split
+from rlhf_lab.config import Config, OnOff, Reference, TaskKind
 from rlhf_lab.data import Stream, prompt_stream, sft_stream
 from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, weight_soup, with_lora)
@@ -27,7 +28,7 @@ from rlhf_lab.trainer import PPOTrainer
 def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
     """Runtime (unless given), stages, then the models, tokenizer and data streams the PPO loop needs."""
     runtime = runtime or Runtime.from_config(cfg)
-    check_ranks(cfg, runtime.world_size)
+    check_batch_split(cfg, runtime.world_size)
     quiet_transformers()
     language = gold = None
     if cfg.task.name == TaskKind.toy:
@@ -132,21 +133,6 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
                       reward_model=reward_role, initial=initial_role, policy_optimizer=policy_optimizer,
                       critic_optimizer=critic_optimizer, engine=engine, tokenizer=tokenizer, prompts=prompts,
                       sft_examples=sft_examples, gold_reward=gold_reward)
-
-
-def check_ranks(cfg: Config, world_size: int) -> None:
-    """Raise ConfigError unless the batch splits evenly over the ranks, and ranks come with distributed!=none."""
-    if world_size > 1 and cfg.distributed.name == Distributed.none:
-        raise ConfigError(f"distributed=none is not allowed with {world_size} ranks (a launcher started them); "
-                          f"expected distributed=ddp or fsdp")
-    size = cfg.train_rows // cfg.ppo.minibatches  # [policy_filter] of the responses kept
-    if size % world_size:
-        raise ConfigError(f"ppo.batch_size={cfg.ppo.batch_size} is not allowed with {cfg.ppo.minibatches} "
-                          f"minibatches of {cfg.train_rows} trained responses on {world_size} ranks: expected "
-                          f"each minibatch ({size}) to split evenly")
-    if cfg.ptx_loss.name == OnOff.on and cfg.ptx_loss.batch_size % world_size:
-        raise ConfigError(f"ptx_loss.batch_size={cfg.ptx_loss.batch_size} is not allowed on {world_size} ranks: "
-                          f"expected a multiple of {world_size}")
 
 
 def adamw(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

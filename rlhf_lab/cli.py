@@ -12,7 +12,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from rlhf_lab.config import Config, ConfigError, register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import Config, ConfigError, register_schema
 from rlhf_lab.paths import conf_dir
 from rlhf_lab import preflight, sweep_summary
 

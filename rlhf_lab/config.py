@@ -1,20 +1,21 @@
-"""Structured config schema: every node of `conf/` is backed by a dataclass here.
+"""Structured config schema: every node of `conf/` is backed by a dataclass here, and every default lives here.
 
 Hydra merges the YAML tree into these dataclasses, so an unknown key or a wrong type fails at composition
-time, naming the key. Range checks live in `__post_init__` (run by `OmegaConf.to_object`) and the checks that
-span several nodes in `validate`; both run before any model is loaded.
+time, naming the key. An option's YAML (`conf/<group>/<option>.yaml`) sets `name` and nothing else, so the
+defaults have one home: the field comments below (tests/test_config.py holds the YAML to that). A trick
+group's node subclasses `Trick`: `TRICK_GROUPS` is read from the schema, and what a trick asks of the rest
+(groups of responses, a critic) is a property of its node. Range checks of one node live in its
+`__post_init__` (run by `OmegaConf.to_object`); the rules that span nodes live in `rlhf_lab/checks.py`. Both run
+before any model is loaded.
 """
 
 from __future__ import annotations
 
 import enum
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -26,10 +27,35 @@ def _check(ok: bool, key: str, allowed: str, value) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
-# ---------------------------------------------------------------- trick option names (one Enum per group)
+# ---------------------------------------------------------------- the on/off switch several groups share
+class OnOff(str, enum.Enum):
+    off = "off"
+    on = "on"
+
+
+# ---------------------------------------------------------------- trick nodes (one enum of options each)
+class Trick:
+    """A trick group's node: `name` is the chosen option. Its properties say what the option asks of the rest
+    of the run; `checks.py` reads them, so a new group states them here and nowhere else."""
+
+    @property
+    def needs_groups(self) -> bool:
+        """The option compares the responses to one prompt: ppo.samples_per_prompt >= 2."""
+        return False
+
+
 class RewardScaling(str, enum.Enum):
     off = "off"
     running_std = "running_std"
+
+
+@dataclass
+class RewardScalingConfig(Trick):
+    name: RewardScaling = RewardScaling.off  # off | running_std: divide scores by the running std of returns
+    eps: float = 1e-8  # added to the std before dividing
+
+    def __post_init__(self):
+        _check(self.eps > 0, "reward_scaling.eps", "> 0", self.eps)
 
 
 class RewardNorm(str, enum.Enum):
@@ -38,42 +64,13 @@ class RewardNorm(str, enum.Enum):
     batch = "batch"
 
 
-class OnOff(str, enum.Enum):
-    off = "off"
-    on = "on"
+@dataclass
+class RewardNormConfig(Trick):
+    name: RewardNorm = RewardNorm.off  # off | running (historical mean/std) | batch (this batch's mean/std)
+    eps: float = 1e-8  # added to the std before dividing
 
-
-class AdvNorm(str, enum.Enum):
-    off = "off"
-    whiten = "whiten"
-    center = "center"
-
-
-class GroupScale(str, enum.Enum):
-    group = "group"
-    batch = "batch"
-    none = "none"
-
-
-class AdvEstimator(str, enum.Enum):
-    gae = "gae"
-    grpo = "grpo"
-    rloo = "rloo"
-    reinforce_pp = "reinforce_pp"
-    remax = "remax"
-
-
-class LossAgg(str, enum.Enum):
-    token_mean = "token_mean"
-    seq_mean_token_sum = "seq_mean_token_sum"
-    seq_mean_token_mean = "seq_mean_token_mean"
-    seq_mean_token_sum_norm = "seq_mean_token_sum_norm"
-
-
-class Overlong(str, enum.Enum):
-    off = "off"
-    filter = "filter"
-    soft_penalty = "soft_penalty"
+    def __post_init__(self):
+        _check(self.eps > 0, "reward_norm.eps", "> 0", self.eps)
 
 
 class RewardEnsemble(str, enum.Enum):
@@ -84,114 +81,8 @@ class RewardEnsemble(str, enum.Enum):
     mean_min = "mean_min"
 
 
-class PolicyFilter(str, enum.Enum):
-    off = "off"
-    best_of_n = "best_of_n"
-    best_random = "best_random"
-    best_worst = "best_worst"
-
-
-class Reference(str, enum.Enum):
-    sft = "sft"
-    soup = "soup"
-    mpo = "mpo"
-
-
-class KLPenalty(str, enum.Enum):
-    off = "off"
-    token = "token"
-    adaptive = "adaptive"
-    loss = "loss"
-
-
-class KLEstimator(str, enum.Enum):
-    k1 = "k1"
-    k2 = "k2"
-    k3 = "k3"
-
-
-class PolicyClip(str, enum.Enum):
-    off = "off"
-    ppo = "ppo"
-    dual = "dual"
-
-
-class CriticInit(str, enum.Enum):
-    sft = "sft"
-    reward_model = "reward_model"
-    random = "random"
-
-
-class CriticPretrain(str, enum.Enum):
-    off = "off"
-    steps = "steps"
-    converge = "converge"
-
-
-# `global` is a Python keyword, hence the functional form.
-GradClip = enum.Enum("GradClip", {"off": "off", "global": "global"}, type=str)
-
-
-class TaskKind(str, enum.Enum):
-    toy = "toy"
-    jsonl = "jsonl"
-
-
-class ModelKind(str, enum.Enum):
-    toy = "toy"
-    hf = "hf"
-
-
-class LoggerKind(str, enum.Enum):
-    local = "local"
-    wandb = "wandb"
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Precision(str, enum.Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class Distributed(str, enum.Enum):
-    none = "none"
-    ddp = "ddp"
-    fsdp = "fsdp"
-
-
-class RolloutCache(str, enum.Enum):
-    auto = "auto"
-    dynamic = "dynamic"
-    static = "static"
-
-
-# ---------------------------------------------------------------- trick nodes
 @dataclass
-class RewardScalingConfig:
-    name: RewardScaling = RewardScaling.off  # off | running_std: divide scores by the running std of returns
-    eps: float = 1e-8  # added to the std before dividing
-
-    def __post_init__(self):
-        _check(self.eps > 0, "reward_scaling.eps", "> 0", self.eps)
-
-
-@dataclass
-class RewardNormConfig:
-    name: RewardNorm = RewardNorm.off  # off | running (historical mean/std) | batch (this batch's mean/std)
-    eps: float = 1e-8  # added to the std before dividing
-
-    def __post_init__(self):
-        _check(self.eps > 0, "reward_norm.eps", "> 0", self.eps)
-
-
-@dataclass
-class RewardEnsembleConfig:
+class RewardEnsembleConfig(Trick):
     name: RewardEnsemble = RewardEnsemble.off  # off (one reward model) | mean | min | mean_minus_std | mean_min (lam * mean + (1 - lam) * min): how the members' scores become one
     size: Optional[int] = None  # members (null: 3 on the toy task, each trained on its own draw of preference pairs; with reward_models their number)
     reward_models: list[str] = field(default_factory=list)  # model=hf: the members' checkpoints (model.reward_model stays the critic's reward_model init)
@@ -215,7 +106,7 @@ class RewardEnsembleConfig:
 
 
 @dataclass
-class RewardClipConfig:
+class RewardClipConfig(Trick):
     name: OnOff = OnOff.off  # off | on: clamp the (normalised) score to [-clip, clip]
     clip: float = 5.0  # bound c of the clamp
 
@@ -223,21 +114,41 @@ class RewardClipConfig:
         _check(self.clip > 0, "reward_clip.clip", "> 0", self.clip)
 
 
+class AdvNorm(str, enum.Enum):
+    off = "off"
+    whiten = "whiten"
+    center = "center"
+
+
 @dataclass
-class AdvNormConfig:
+class AdvNormConfig(Trick):
     name: AdvNorm = AdvNorm.off  # off | whiten (zero mean, unit variance over the batch's tokens) | center (zero mean); per-group normalisations belong to the estimator (adv_estimator.scale)
     eps: float = 1e-8  # added to the variance before the square root
 
 
+class GroupScale(str, enum.Enum):
+    group = "group"
+    batch = "batch"
+    none = "none"
+
+
+class AdvEstimator(str, enum.Enum):
+    gae = "gae"
+    grpo = "grpo"
+    rloo = "rloo"
+    reinforce_pp = "reinforce_pp"
+    remax = "remax"
+
+
 @dataclass
-class AdvEstimatorConfig:
+class AdvEstimatorConfig(Trick):
     name: AdvEstimator = AdvEstimator.gae  # gae (critic) | grpo | rloo | reinforce_pp | remax (critic-free)
     scale: GroupScale = GroupScale.group  # grpo: the std the group-centred returns are divided by: group (GRPO) | batch (Lite PPO) | none (Dr. GRPO)
     eps: float = 1e-6  # grpo: added to that std
 
     @property
     def needs_groups(self) -> bool:
-        """The estimator compares the responses to one prompt (ppo.samples_per_prompt >= 2)."""
+        """GRPO and RLOO compare the responses to one prompt."""
         return self.name in (AdvEstimator.grpo, AdvEstimator.rloo)
 
     @property
@@ -246,8 +157,15 @@ class AdvEstimatorConfig:
         return self.name == AdvEstimator.gae
 
 
+class LossAgg(str, enum.Enum):
+    token_mean = "token_mean"
+    seq_mean_token_sum = "seq_mean_token_sum"
+    seq_mean_token_mean = "seq_mean_token_mean"
+    seq_mean_token_sum_norm = "seq_mean_token_sum_norm"
+
+
 @dataclass
-class LossAggConfig:
+class LossAggConfig(Trick):
     name: LossAgg = LossAgg.token_mean  # how token losses become one number (policy loss, entropy bonus, KL loss)
     length: Optional[int] = None  # seq_mean_token_sum_norm: the constant length divided by (null: ppo.max_new_tokens)
 
@@ -255,8 +173,14 @@ class LossAggConfig:
         _check(self.length is None or self.length >= 1, "loss_agg.length", ">= 1 or null", self.length)
 
 
+class Overlong(str, enum.Enum):
+    off = "off"
+    filter = "filter"
+    soft_penalty = "soft_penalty"
+
+
 @dataclass
-class OverlongConfig:
+class OverlongConfig(Trick):
     name: Overlong = Overlong.off  # off | filter (truncated responses out of the policy loss) | soft_penalty (DAPO)
     cache: int = 8  # soft_penalty: the last `cache` tokens before the cap, where the penalty ramps from 0 to -coef
     coef: float = 1.0  # soft_penalty: the penalty at the cap, added to the shaped score
@@ -266,8 +190,15 @@ class OverlongConfig:
         _check(self.coef >= 0, "overlong.coef", ">= 0", self.coef)
 
 
+class PolicyFilter(str, enum.Enum):
+    off = "off"
+    best_of_n = "best_of_n"
+    best_random = "best_random"
+    best_worst = "best_worst"
+
+
 @dataclass
-class PolicyFilterConfig:
+class PolicyFilterConfig(Trick):
     name: PolicyFilter = PolicyFilter.off  # off | best_of_n | best_random | best_worst: PF-PPO's filters, which of each prompt's responses PPO trains on, ranked by reward-model score
 
     @property
@@ -275,9 +206,20 @@ class PolicyFilterConfig:
         """Responses kept of each prompt's group (None when off: all)."""
         return {PolicyFilter.off: None, PolicyFilter.best_of_n: 1}.get(self.name, 2)
 
+    @property
+    def needs_groups(self) -> bool:
+        """Each filter ranks the responses to one prompt."""
+        return self.name != PolicyFilter.off
+
+
+class Reference(str, enum.Enum):
+    sft = "sft"
+    soup = "soup"
+    mpo = "mpo"
+
 
 @dataclass
-class ReferenceConfig:
+class ReferenceConfig(Trick):
     name: Reference = Reference.sft  # sft (the initial policy) | soup (SALSA: the KL reference is a weight average of the SFT model and a second SFT model; the policy starts from the SFT model) | mpo (MPO's second stage: the policy starts from, and is held to, the SFT model after DPO on the easy preference pairs, and PPO trains on the hard prompts)
     soup_weight: float = 0.5  # soup: the SFT model's weight in the average (1 - soup_weight on the second model)
     soup_with: Optional[str] = None  # soup, model=hf: the second SFT checkpoint (toy: trained as a stage, task.sft with another seed)
@@ -293,7 +235,7 @@ class ReferenceConfig:
 
 
 @dataclass
-class AdvClipConfig:
+class AdvClipConfig(Trick):
     name: OnOff = OnOff.off  # off | on: clamp advantages to [-clip, clip]
     clip: float = 5.0  # bound of the clamp
 
@@ -301,15 +243,28 @@ class AdvClipConfig:
         _check(self.clip > 0, "adv_clip.clip", "> 0", self.clip)
 
 
+class KLPenalty(str, enum.Enum):
+    off = "off"
+    token = "token"
+    adaptive = "adaptive"
+    loss = "loss"
+
+
+class KLEstimator(str, enum.Enum):
+    k1 = "k1"
+    k2 = "k2"
+    k3 = "k3"
+
+
 @dataclass
-class KLPenaltyConfig:
-    name: KLPenalty = KLPenalty.off  # off | token | adaptive | loss
-    estimator: KLEstimator = KLEstimator.k1  # per-token estimator of KL(policy || reference)
-    coef: float = 0.0  # coefficient of the in-reward penalty (initial value for adaptive)
-    loss_coef: float = 0.0  # coefficient of the KL term in the policy loss (kind loss)
+class KLPenaltyConfig(Trick):
+    name: KLPenalty = KLPenalty.off  # off | token (fixed coef in the reward) | adaptive (coef steered to a target KL) | loss (a term of the policy loss)
+    estimator: Optional[KLEstimator] = None  # per-token estimator of KL(policy || reference): k1 | k2 | k3; null: k3 when the KL enters the loss (GRPO's), else k1
+    coef: float = 0.05  # token, adaptive: coefficient of the in-reward penalty (adaptive: its initial value)
+    loss_coef: float = 0.05  # loss (and also_in_loss): coefficient of the KL term in the policy loss
+    also_in_loss: bool = False  # token, adaptive: add the loss term too, a KL penalty in the reward AND in the loss
     target: float = 6.0  # adaptive: target KL per sequence (nats)
     horizon: int = 10000  # adaptive: controller horizon in samples (Ziegler et al. 2019)
-    allow_reward_and_loss: bool = False  # permit a KL penalty in the reward AND in the loss at once
 
     def __post_init__(self):
         _check(self.coef >= 0, "kl_penalty.coef", ">= 0", self.coef)
@@ -323,11 +278,16 @@ class KLPenaltyConfig:
 
     @property
     def in_loss(self) -> bool:
-        return self.name == KLPenalty.loss or (self.in_reward and self.loss_coef > 0)
+        return self.name == KLPenalty.loss or (self.in_reward and self.also_in_loss)
+
+    @property
+    def per_token(self) -> KLEstimator:
+        """The estimator in use: `estimator`, or its default (k3 in the loss, else k1)."""
+        return self.estimator or (KLEstimator.k3 if self.in_loss else KLEstimator.k1)
 
 
 @dataclass
-class EntropyBonusConfig:
+class EntropyBonusConfig(Trick):
     name: OnOff = OnOff.off  # off | on: subtract coef * entropy from the policy loss
     coef: float = 0.01  # entropy coefficient
 
@@ -335,8 +295,14 @@ class EntropyBonusConfig:
         _check(self.coef >= 0, "entropy_bonus.coef", ">= 0", self.coef)
 
 
+class PolicyClip(str, enum.Enum):
+    off = "off"
+    ppo = "ppo"
+    dual = "dual"
+
+
 @dataclass
-class PolicyClipConfig:
+class PolicyClipConfig(Trick):
     name: PolicyClip = PolicyClip.ppo  # off (plain surrogate) | ppo (ratio clip eps) | dual (eps and c)
     eps: float = 0.2  # ratio clip range [1 - eps, 1 + eps_high]
     eps_high: Optional[float] = None  # upper clip (DAPO's clip-higher, e.g. 0.28); null: eps
@@ -353,7 +319,7 @@ class PolicyClipConfig:
 
 
 @dataclass
-class ValueClipConfig:
+class ValueClipConfig(Trick):
     name: OnOff = OnOff.off  # off | on: clip new values to old values +- eps in the value loss
     eps: float = 0.2  # value clip range
 
@@ -361,25 +327,43 @@ class ValueClipConfig:
         _check(self.eps > 0, "value_clip.eps", "> 0", self.eps)
 
 
+class CriticInit(str, enum.Enum):
+    sft = "sft"
+    reward_model = "reward_model"
+    random = "random"
+
+
 @dataclass
-class CriticInitConfig:
+class CriticInitConfig(Trick):
     name: CriticInit = CriticInit.sft  # sft | reward_model | random: where the critic's weights come from
 
 
+class CriticPretrain(str, enum.Enum):
+    off = "off"
+    steps = "steps"
+    converge = "converge"
+
+
 @dataclass
-class CriticPretrainConfig:
-    name: CriticPretrain = CriticPretrain.off  # off | steps | converge
-    steps: int = 20  # number of critic-only iterations (the cap for converge)
+class CriticPretrainConfig(Trick):
+    name: CriticPretrain = CriticPretrain.off  # off | steps (a fixed number of critic-only iterations) | converge (until the critic explains the returns)
+    steps: int = 20  # steps: number of critic-only iterations
+    max_steps: int = 50  # converge: the most critic-only iterations before it gives up
     target_explained_var: float = 0.5  # converge: stop once explained variance reaches this
 
     def __post_init__(self):
         _check(self.steps >= 1, "critic_pretrain.steps", ">= 1", self.steps)
+        _check(self.max_steps >= 1, "critic_pretrain.max_steps", ">= 1", self.max_steps)
         _check(self.target_explained_var <= 1, "critic_pretrain.target_explained_var", "<= 1",
                self.target_explained_var)
 
 
+# `global` is a Python keyword, hence the functional form.
+GradClip = enum.Enum("GradClip", {"off": "off", "global": "global"}, type=str)
+
+
 @dataclass
-class GradClipConfig:
+class GradClipConfig(Trick):
     name: GradClip = GradClip.off  # off | global: clip each model's global gradient norm to max_norm
     max_norm: float = 1.0  # bound on the global L2 norm
 
@@ -388,7 +372,7 @@ class GradClipConfig:
 
 
 @dataclass
-class PtxLossConfig:
+class PtxLossConfig(Trick):
     name: OnOff = OnOff.off  # off | on: add coef * LM loss on SFT data to the policy loss
     coef: float = 0.5  # weight of the pre-training (SFT) loss
     batch_size: int = 16  # SFT sequences per PPO minibatch
@@ -396,11 +380,6 @@ class PtxLossConfig:
     def __post_init__(self):
         _check(self.coef >= 0, "ptx_loss.coef", ">= 0", self.coef)
         _check(self.batch_size >= 1, "ptx_loss.batch_size", ">= 1", self.batch_size)
-
-
-TRICK_GROUPS = ("reward_ensemble", "reward_scaling", "reward_norm", "reward_clip", "policy_filter", "adv_estimator",
-                "adv_norm", "adv_clip", "reference", "kl_penalty", "entropy_bonus", "policy_clip", "loss_agg",
-                "overlong", "value_clip", "critic_init", "critic_pretrain", "grad_clip", "ptx_loss")
 
 
 # ---------------------------------------------------------------- task / model / ppo / logger / run
@@ -441,6 +420,11 @@ class ToyDPOConfig:
                self.pairs)
 
 
+class TaskKind(str, enum.Enum):
+    toy = "toy"
+    jsonl = "jsonl"
+
+
 @dataclass
 class TaskConfig:
     name: TaskKind = TaskKind.toy  # toy (embedded synthetic testbed) | jsonl (prompts from a file)
@@ -459,6 +443,11 @@ class TaskConfig:
         if self.name == TaskKind.jsonl:
             _check(bool(self.prompts_file), "task.prompts_file", "a path to a JSONL file of prompts",
                    self.prompts_file)
+
+
+class ModelKind(str, enum.Enum):
+    toy = "toy"
+    hf = "hf"
 
 
 @dataclass
@@ -514,6 +503,12 @@ class PPOConfig:
         _check(self.critic_lr > 0, "ppo.critic_lr", "> 0", self.critic_lr)
 
 
+class RolloutCache(str, enum.Enum):
+    auto = "auto"
+    dynamic = "dynamic"
+    static = "static"
+
+
 @dataclass
 class RolloutConfig:
     cache: RolloutCache = RolloutCache.auto  # KV cache of generate: auto (static on cuda, dynamic on cpu) | dynamic | static
@@ -535,18 +530,35 @@ class LoraConfig:
                self.target_modules)
 
 
+class Distributed(str, enum.Enum):
+    none = "none"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
 @dataclass
 class DistributedConfig:
     name: Distributed = Distributed.none  # none (one process) | ddp (every rank holds the models; gradients averaged) | fsdp (the trainable models sharded over the ranks, FSDP2)
-    processes: int = 1  # ranks this run starts on this machine (ranks from torchrun or SLURM tasks are used as they come)
+    processes: Optional[int] = None  # ranks this run starts on this machine (null: 2 with ddp or fsdp, 1 with none); ranks from torchrun or SLURM tasks are used as they come
     shard_frozen: bool = False  # fsdp: shard the frozen reference and reward model too (1/W of their weights per rank, a gather per layer per scoring pass) instead of replicating them
 
     def __post_init__(self):
-        _check(self.processes >= 1, "distributed.processes", ">= 1", self.processes)
-        _check(self.processes == 1 or self.name != Distributed.none, "distributed.processes",
+        _check(self.processes is None or self.processes >= 1, "distributed.processes", ">= 1 or null",
+               self.processes)
+        _check(self.ranks == 1 or self.name != Distributed.none, "distributed.processes",
                "1 with distributed=none (choose distributed=ddp or fsdp for several ranks)", self.processes)
         _check(not self.shard_frozen or self.name == Distributed.fsdp, "distributed.shard_frozen",
                "false unless distributed=fsdp", self.shard_frozen)
+
+    @property
+    def ranks(self) -> int:
+        """The ranks this run starts on this machine: `processes`, or its default."""
+        return self.processes or (1 if self.name == Distributed.none else 2)
+
+
+class LoggerKind(str, enum.Enum):
+    local = "local"
+    wandb = "wandb"
 
 
 @dataclass
@@ -578,6 +590,18 @@ class RunConfig:
         _check(self.samples_every >= 1, "run.samples_every", ">= 1", self.samples_every)
         _check(self.checkpoint_every >= 1, "run.checkpoint_every", ">= 1", self.checkpoint_every)
         _check(self.threads >= 0, "run.threads", ">= 0", self.threads)
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 @dataclass
@@ -619,21 +643,6 @@ class Config:
 
     def __post_init__(self):
         _check(self.iterations >= 1, "iterations", ">= 1", self.iterations)
-        _check(not (self.device == Device.cpu and self.precision == Precision.fp16), "precision",
-               "fp32 or bf16 with device=cpu (fp16 autocast needs cuda)", self.precision.value)
-        _check(not (self.distributed.name == Distributed.fsdp and self.precision == Precision.fp16), "precision",
-               "fp32 or bf16 with distributed=fsdp", self.precision.value)
-        _check(not (self.distributed.shard_frozen and self.model.offload_frozen), "model.offload_frozen",
-               "false with distributed.shard_frozen=true (sharded models stay on their GPUs)", True)
-        ranks = self.distributed.processes
-        _check((self.ppo.batch_size // self.ppo.minibatches) % ranks == 0, "ppo.batch_size",
-               f"a multiple of ppo.minibatches x distributed.processes ({self.ppo.minibatches} x {ranks})",
-               self.ppo.batch_size)
-        kept = self.policy_filter.kept_per_group
-        if kept is not None and self.ppo.samples_per_prompt > kept:
-            _check(self.train_rows % (self.ppo.minibatches * ranks) == 0, "ppo.minibatches",
-                   f"a divisor of the {self.train_rows} responses policy_filter={self.policy_filter.name.value} "
-                   f"keeps (with distributed.processes={ranks})", self.ppo.minibatches)
 
     @property
     def train_rows(self) -> int:
@@ -648,147 +657,11 @@ class Config:
         return {group: getattr(self, group).name.value for group in TRICK_GROUPS}
 
 
+# The trick groups in the order `Config` declares them (the pipeline's): its fields whose node is a `Trick`.
+TRICK_GROUPS = tuple(f.name for f in fields(Config)
+                     if isinstance(f.default_factory, type) and issubclass(f.default_factory, Trick))
+
+
 def register_schema() -> None:
     """Store the schema so `conf/config.yaml` can name it first in its defaults list."""
     ConfigStore.instance().store(name="schema", node=Config)
-
-
-# ---------------------------------------------------------------- combination checks
-SUSPICIOUS = {
-    "scaling_and_norm": "reward_scaling=running_std with reward_norm!=off: the scores are rescaled twice",
-    "clip_without_norm": "reward_clip=on with reward_norm=off: the clip bound applies to raw reward-model scores",
-    "adaptive_without_target": "kl_penalty=adaptive with coef=0: the controller multiplies 0 and stays there",
-    "value_clip_raw_rewards": "value_clip=on with unnormalised rewards: eps is tiny against raw return scale",
-    "pretrain_random_critic": "critic_pretrain!=off with critic_init=random is fine but slow to converge",
-}
-
-
-def validate(cfg: Config) -> list[str]:
-    """Check combinations of tricks. Raises ConfigError on contradictions; returns warnings for suspicious ones."""
-    kl = cfg.kl_penalty
-    if kl.in_reward and kl.loss_coef > 0 and not kl.allow_reward_and_loss:
-        raise ConfigError(
-            f"kl_penalty={kl.name.value} puts the KL penalty in the reward and kl_penalty.loss_coef="
-            f"{kl.loss_coef} adds it to the loss too; set kl_penalty.allow_reward_and_loss=true to ask for both")
-    if kl.name == KLPenalty.token and kl.coef <= 0:
-        raise ConfigError("kl_penalty=token needs kl_penalty.coef > 0 (use kl_penalty=off for no penalty)")
-    if kl.name == KLPenalty.loss and kl.loss_coef <= 0:
-        raise ConfigError("kl_penalty=loss needs kl_penalty.loss_coef > 0 (use kl_penalty=off for no penalty)")
-    if kl.in_loss and kl.estimator == KLEstimator.k1:
-        raise ConfigError(
-            "kl_penalty.estimator=k1 is not allowed with a KL term in the loss: on samples of the policy, "
-            "E[grad k1] = E[grad log pi] = 0, so the term pulls nothing towards the reference; expected k2 or k3 "
-            "(k1 is fine in the reward: kl_penalty=token|adaptive)")
-    pc = cfg.policy_clip
-    if pc.name == PolicyClip.dual and pc.dual_c <= 1 + pc.eps:
-        raise ConfigError(f"policy_clip.dual_c={pc.dual_c} must be > 1 + policy_clip.eps = {1 + pc.eps}")
-    if cfg.model.name == ModelKind.toy and cfg.task.name != TaskKind.toy:
-        raise ConfigError("model=toy is built from the toy task; with task=jsonl choose model=hf")
-    if cfg.ptx_loss.name == OnOff.on and cfg.task.name == TaskKind.jsonl and not cfg.task.sft_file:
-        raise ConfigError("ptx_loss=on with task=jsonl needs task.sft_file (SFT data for the LM loss)")
-    group = cfg.ppo.samples_per_prompt
-    if cfg.adv_estimator.needs_groups and group < 2:
-        raise ConfigError(f"adv_estimator={cfg.adv_estimator.name.value} compares the responses to one prompt: it "
-                          f"needs ppo.samples_per_prompt >= 2 (got {group})")
-    check_remedies(cfg)
-    if cfg.overlong.name == Overlong.soft_penalty and cfg.overlong.cache >= cfg.ppo.max_new_tokens:
-        raise ConfigError(f"overlong.cache={cfg.overlong.cache} is not allowed: expected fewer than "
-                          f"ppo.max_new_tokens={cfg.ppo.max_new_tokens} tokens")
-
-    found = []
-    if cfg.reward_scaling.name != RewardScaling.off and cfg.reward_norm.name != RewardNorm.off:
-        found.append(SUSPICIOUS["scaling_and_norm"])
-    if cfg.reward_clip.name == OnOff.on and cfg.reward_norm.name == RewardNorm.off:
-        found.append(SUSPICIOUS["clip_without_norm"])
-    if kl.name == KLPenalty.adaptive and kl.coef <= 0:
-        found.append(SUSPICIOUS["adaptive_without_target"])
-    if (cfg.value_clip.name == OnOff.on and cfg.reward_norm.name == RewardNorm.off
-            and cfg.reward_scaling.name == RewardScaling.off):
-        found.append(SUSPICIOUS["value_clip_raw_rewards"])
-    if cfg.critic_pretrain.name != CriticPretrain.off and cfg.critic_init.name == CriticInit.random:
-        found.append(SUSPICIOUS["pretrain_random_critic"])
-    pf = cfg.policy_filter
-    if pf.kept_per_group is not None and group <= pf.kept_per_group:
-        found.append(f"policy_filter={pf.name.value} with ppo.samples_per_prompt={group} keeps every response")
-    if cfg.reference.name != Reference.sft and not (kl.in_reward or kl.in_loss):
-        found.append(f"reference={cfg.reference.name.value} with kl_penalty=off: the reference only enters the KL "
-                     f"penalty, so it has no effect")
-    if cfg.adv_estimator.needs_groups and cfg.adv_norm.name != AdvNorm.off:
-        found.append(f"adv_norm={cfg.adv_norm.name.value} after adv_estimator={cfg.adv_estimator.name.value}: "
-                     f"re-normalising over the batch's tokens undoes the per-group baseline's zero mean (and its "
-                     f"scale); the estimator's papers use adv_norm=off")
-    if not cfg.adv_estimator.uses_critic:
-        unused = [f"{key}={value}" for key, value, used in (
-            ("value_clip", cfg.value_clip.name.value, cfg.value_clip.name == OnOff.on),
-            ("critic_init", cfg.critic_init.name.value, cfg.critic_init.name != CriticInit.sft)) if used]
-        if unused:
-            found.append(f"adv_estimator={cfg.adv_estimator.name.value} trains no critic: "
-                         f"{', '.join(unused)} has no effect")
-    return found
-
-
-def check_remedies(cfg: Config) -> None:
-    """The remedies' contradictions (reward_ensemble, policy_filter, reference): raise ConfigError."""
-    group, hf = cfg.ppo.samples_per_prompt, cfg.model.name == ModelKind.hf
-    ens, pf, ref = cfg.reward_ensemble, cfg.policy_filter, cfg.reference
-    if ens.name != RewardEnsemble.off and hf and len(ens.reward_models) < 2:
-        raise ConfigError(f"reward_ensemble={ens.name.value} with model=hf needs reward_ensemble.reward_models: "
-                          f"a list of at least 2 reward-model checkpoints (got {list(ens.reward_models)})")
-    if ens.name == RewardEnsemble.off and ens.reward_models:
-        raise ConfigError("reward_ensemble.reward_models is set with reward_ensemble=off: choose an aggregation "
-                          "(mean, min, mean_minus_std, mean_min) or drop the list")
-    if pf.name != PolicyFilter.off:
-        if group < 2:
-            raise ConfigError(f"policy_filter={pf.name.value} ranks the responses to one prompt: it needs "
-                              f"ppo.samples_per_prompt >= 2 (got {group})")
-        if cfg.adv_estimator.needs_groups:
-            raise ConfigError(f"policy_filter={pf.name.value} is not allowed with adv_estimator="
-                              f"{cfg.adv_estimator.name.value}: the filter breaks up the groups it compares; expected "
-                              f"adv_estimator=gae|reinforce_pp|remax")
-    if ref.name != Reference.sft and cfg.lora.name == OnOff.on:
-        raise ConfigError(f"reference={ref.name.value} is not allowed with lora=on: the LoRA reference is the policy "
-                          f"with its adapters off, the SFT model; expected reference=sft")
-    if hf and ref.name == Reference.soup and not ref.soup_with:
-        raise ConfigError("reference=soup with model=hf needs reference.soup_with: the second SFT checkpoint")
-    if hf and ref.name == Reference.mpo and not ref.path:
-        raise ConfigError("reference=mpo with model=hf needs reference.path: a DPO-trained checkpoint "
-                          "(the toy task builds its own)")
-
-
-RESUME_MAY_CHANGE = ("resume", "iterations", "run", "logger")
-
-
-def resumed_config(current: DictConfig, overrides: list[str]) -> DictConfig:
-    """The saved config of the run directory `current.resume`. `iterations`, `run.*` and `logger.*` may be
-    overridden on the command line (`overrides`); any other override that differs from the saved value is a
-    ConfigError naming the keys."""
-    saved_file = Path(current.resume) / ".hydra" / "config.yaml"
-    if not saved_file.is_file():
-        raise ConfigError(f"resume={current.resume!r} is not allowed: expected a run directory with "
-                          f".hydra/{saved_file.name}")
-    saved = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(saved_file))
-    keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
-    conflicts = [key for key in keys if not key.startswith(RESUME_MAY_CHANGE)
-                 and OmegaConf.select(current, key) != OmegaConf.select(saved, key)]
-    if conflicts:
-        raise ConfigError(f"resume: {', '.join(conflicts)} differ from the run being resumed; drop those overrides "
-                          f"(only iterations, run.* and logger.* may change)")
-    saved.resume = current.resume
-    for key in keys:
-        if key.startswith(RESUME_MAY_CHANGE) and key != "resume":
-            OmegaConf.update(saved, key, OmegaConf.select(current, key), merge=False)
-    return saved
-
-
-def to_config(cfg: DictConfig, overrides: list[str] = ()) -> Config:
-    """Turn Hydra's composed DictConfig into a validated `Config` (range checks and combination checks).
-
-    With `resume` set, the saved config of that run directory is used (see `resumed_config`); `overrides` are
-    the command line's."""
-    if cfg.resume:
-        cfg = resumed_config(cfg, list(overrides))
-    obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, Config)
-    for message in validate(obj):
-        warnings.warn(message, stacklevel=2)
-    return obj

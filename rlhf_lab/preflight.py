@@ -10,7 +10,7 @@ in a second, naming the key, instead of after the models have loaded (or a defau
   directory (with config.json); task=jsonl: `task.prompts_file` (and `task.sft_file` when set) is a readable,
   non-empty JSONL file of objects with string fields; task=toy: the artefact cache is a writable directory.
 
-(`resume=` is checked when the config is read: `config.resumed_config`.) Each raises a `ConfigError`, which
+(`resume=` is checked when the config is read: `checks.resumed_config`.) Each raises a `ConfigError`, which
 rlhf-train reports with exit code 2; in a sweep a job whose `check` fails logs it and fails as a run (cli.py).
 """
 

@@ -41,6 +41,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
+from rlhf_lab.checks import check_device
 from rlhf_lab.config import ConfigError, Device, Distributed, Precision
 
 MIXED_PRECISION = {Precision.fp32: "no", Precision.bf16: "bf16", Precision.fp16: "fp16"}
@@ -78,12 +79,7 @@ class Runtime:
                shard_frozen: bool = False) -> "Runtime":
         """Validate the choices, then build the accelerator. Raises ConfigError before any model is loaded."""
         where = resolve_device(device)
-        if precision == Precision.fp16 and where.type != "cuda":
-            raise ConfigError("precision='fp16' is not allowed on the CPU (no fp16 autocast there); expected fp32 "
-                              "or bf16, or device=cuda")
-        if precision == Precision.fp16 and distributed == Distributed.fsdp:
-            raise ConfigError("precision='fp16' is not allowed with distributed=fsdp (FSDP2 would need a sharded "
-                              "gradient scaler); expected bf16 or fp32")
+        check_device(precision, where.type)  # what device=auto became (the config's rules ran at compose time)
         if distributed == Distributed.fsdp and "WORLD_SIZE" in os.environ and not torch.distributed.is_initialized():
             # a launched rank (a world of 1 included, which accelerate would leave without a group)
             torch.distributed.init_process_group("nccl" if where.type == "cuda" else "gloo")

@@ -89,7 +89,7 @@ def run(cfg: Config) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
-    processes = cfg.distributed.processes
+    processes = cfg.distributed.ranks
     threads = torch_threads(cfg, hydra_cfg.launcher)
     job = Job(run_dir=Path(cfg.resume or hydra_cfg.runtime.output_dir),
               arm=arm_label(cfg, list(hydra_cfg.overrides.task)), preset=hydra_cfg.runtime.choices.get("preset"),

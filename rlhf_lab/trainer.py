@@ -347,14 +347,14 @@ class PPOTrainer:
         trains alone; the running reward statistics warm up on them either way, so that a critic-free arm of a
         sweep starts PPO with the same statistics and at the same point of the prompt stream as its GAE baseline.
 
-        steps: exactly N iterations; converge: until explained variance >= target, at most N (N without a
-        critic). Returns the per-iteration value stats (empty dicts without a critic).
+        steps: exactly `steps` iterations; converge: until explained variance >= target, at most `max_steps`
+        (all of them without a critic). Returns the per-iteration value stats (empty dicts without a critic).
         """
         pre = self.cfg.critic_pretrain
         if pre.name == CriticPretrain.off:
             return []
         history = []
-        for _ in range(pre.steps):
+        for _ in range(pre.steps if pre.name == CriticPretrain.steps else pre.max_steps):
             batch = self.filtered(self.rollout())  # [policy_filter] the critic fits what PPO will train on
             _, advantages, returns = self.advantages(batch)
             if self.critic is None:

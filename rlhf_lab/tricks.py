@@ -108,7 +108,7 @@ class Tricks:
         self._adv_norm = ADV_NORMS[cfg.adv_norm.name]
         self._policy_loss = POLICY_LOSSES[cfg.policy_clip.name]
         kl = cfg.kl_penalty
-        self.kl_estimator = kl.estimator
+        self.kl_estimator = kl.per_token
         self.kl_ctl = (ppo.AdaptiveKLController(kl.coef, kl.target, kl.horizon) if kl.name == KLPenalty.adaptive
                        else FixedKLCoef(kl.coef if kl.in_reward else 0.0))
         self.kl_loss_coef = kl.loss_coef if kl.in_loss else 0.0

@@ -1,8 +1,10 @@
 """Generate the documentation site's pages that must not drift from what they describe, then (with --build)
 build the site with MkDocs in strict mode (a broken link or a missing page fails).
 
-- docs/tricks.md: the table of trick groups and options, from conf/ (each option file's first-line comment)
-  and the presets' header comments, inside the hand-written text of scripts/docs/tricks.md.in.
+- docs/tricks.md: the table of trick groups and options, from conf/ (each option file's first-line comment),
+  each group's settings with their defaults and comments (from its dataclass in rlhf_lab/config.py, their one
+  home) and the presets' header comments and overrides, inside the hand-written text of
+  scripts/docs/tricks.md.in.
 - docs/results/<name>.md: one page per folder of benchmarks/results/ that holds a page.md (the hand-written
   text) and a meta.json (commit, date, runs, command: what produced the data). The page is stamped with them,
   and every `<!-- include: FILE -->` line is replaced by the table in that result file, every image it
@@ -17,6 +19,8 @@ The generated files are ignored by git (.gitignore): they are rebuilt from their
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import re
 import shutil
@@ -27,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONF, DOCS, RESULTS = ROOT / "conf", ROOT / "docs", ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
-from rlhf_lab.config import TRICK_GROUPS  # noqa: E402  (the order of the groups: the pipeline's)
+from rlhf_lab.config import TRICK_GROUPS, Config  # noqa: E402  (the order of the groups: the pipeline's)
 
 INCLUDE = re.compile(r"^<!-- include: (\S+) -->$", re.MULTILINE)
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.(?:png|svg))\)")
@@ -61,15 +65,45 @@ def tricks_table() -> str:
     return "\n".join(rows)
 
 
+FIELD = re.compile(r"^    (\w+): .*?  # (.*)$", re.MULTILINE)
+
+
+def settings_list() -> str:
+    """Each trick group's settings (its dataclass's fields but `name`) with their defaults and comments."""
+    defaults, items = Config(), []
+    for group in TRICK_GROUPS:
+        node = getattr(defaults, group)
+        comments = dict(FIELD.findall(inspect.getsource(type(node))))
+        fields = [f"`{group}.{f.name}={as_yaml(getattr(node, f.name))}`: {comments[f.name]}"
+                  for f in dataclasses.fields(node) if f.name != "name"]
+        if fields:
+            items.append(f"- **`{group}`**\n" + "\n".join(f"    - {text}" for text in fields))
+    return "\n".join(items)
+
+
+def as_yaml(value) -> str:
+    """A default as it is written on the command line: null, true, an enum's value."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(getattr(value, "value", value))
+
+
+def overrides(path: Path) -> str:
+    """The groups a preset changes from the base config, and its other keys, as `group=option` words."""
+    changes = [line.strip().removeprefix("- override /").replace(": ", "=").replace('"', "")
+               for line in path.read_text().splitlines() if line.strip().startswith("- override /")]
+    return " ".join(f"`{change}`" for change in changes) or "nothing (the base config)"
+
+
 def presets_list() -> str:
-    return "\n".join(f"- **`{path.stem}`**: {header_comment(path)}"
+    return "\n".join(f"- **`{path.stem}`** changes {overrides(path)}. {header_comment(path)}"
                      for path in sorted((CONF / "preset").glob("*.yaml")))
 
 
 def tricks_page() -> str:
     template = (ROOT / "scripts" / "docs" / "tricks.md.in").read_text()
-    return GENERATED + template.replace("{{ tricks_table }}", tricks_table()).replace("{{ presets }}",
-                                                                                     presets_list())
+    return GENERATED + (template.replace("{{ tricks_table }}", tricks_table())
+                        .replace("{{ settings }}", settings_list()).replace("{{ presets }}", presets_list()))
 
 
 def stamp(meta: dict) -> str:

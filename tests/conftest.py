@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from rlhf_lab.build import assemble
-from rlhf_lab.config import Config, register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import Config, register_schema
 from rlhf_lab.data import Stream
 from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic, quiet_transformers
 from rlhf_lab.paths import conf_dir

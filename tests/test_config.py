@@ -1,25 +1,39 @@
-"""The config tree: every option of every group composes under both presets; bad input fails early and clearly."""
+"""The config tree: each option declared once (its enum member, its YAML, its defaults in the schema), every option
+of every group composes under every preset; bad input fails early and clearly."""
 
 import os
 import subprocess
 import sys
 import time
 import warnings
+from dataclasses import is_dataclass
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+import yaml
 from hydra.errors import ConfigCompositionException
 
-from rlhf_lab.config import TRICK_GROUPS, ConfigError, register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import TRICK_GROUPS, Config, ConfigError, register_schema
 from rlhf_lab.paths import conf_dir
 
 register_schema()
 PRESETS = tuple(sorted(p.stem for p in (conf_dir() / "preset").glob("*.yaml")))
-GROUP_OPTIONS = {("adv_estimator", "grpo"), ("adv_estimator", "rloo"), ("policy_filter", "best_of_n"),
-                 ("policy_filter", "best_random"), ("policy_filter", "best_worst")}  # they compare the responses to one prompt
+# every group of conf/ whose node has a `name`: the tricks and the compute/task choices
+NAMED_GROUPS = tuple(g for g, node in vars(Config()).items() if is_dataclass(node) and hasattr(node, "name"))
+ENUMS = {group: type(getattr(Config(), group).name) for group in NAMED_GROUPS}
+OPTIONS = {group: sorted(member.value for member in ENUMS[group]) for group in TRICK_GROUPS}
+
+
+def node(group, option):
+    """The group's node with `option` chosen and every other field at its default."""
+    return type(getattr(Config(), group))(name=ENUMS[group](option))
+
+
+# the options that compare the responses to one prompt (ppo.samples_per_prompt >= 2), from their nodes
+GROUP_OPTIONS = {(g, o) for g, options in OPTIONS.items() for o in options if node(g, o).needs_groups}
 GROUP_PRESETS = {"grpo", "dr_grpo", "lite_ppo"}  # their advantages compare a prompt's group: no policy filter
-OPTIONS = {group: sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")) for group in TRICK_GROUPS}
 
 
 def composed(*overrides):
@@ -27,20 +41,38 @@ def composed(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def test_every_trick_group_has_its_options():
-    assert OPTIONS["kl_penalty"] == ["adaptive", "loss", "off", "token"]
-    assert OPTIONS["policy_clip"] == ["dual", "off", "ppo"]
-    assert OPTIONS["critic_init"] == ["random", "reward_model", "sft"]
-    assert OPTIONS["critic_pretrain"] == ["converge", "off", "steps"]
-    assert OPTIONS["adv_estimator"] == ["gae", "grpo", "reinforce_pp", "remax", "rloo"]
-    assert OPTIONS["loss_agg"] == ["seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
-                                   "token_mean"]
-    assert OPTIONS["overlong"] == ["filter", "off", "soft_penalty"]
-    assert OPTIONS["reward_ensemble"] == ["mean", "mean_min", "mean_minus_std", "min", "off"]
-    assert OPTIONS["policy_filter"] == ["best_of_n", "best_random", "best_worst", "off"]
-    assert OPTIONS["reference"] == ["mpo", "sft", "soup"]
-    assert set(PRESETS) >= {"vanilla", "ppo_max", "grpo", "dr_grpo", "lite_ppo", "reinforce_pp"}
-    assert all(options for options in OPTIONS.values())
+@pytest.mark.parametrize("group", NAMED_GROUPS)
+def test_every_enum_member_has_its_yaml_and_every_yaml_its_member(group):
+    files = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    assert files == sorted(member.value for member in ENUMS[group]), group
+    assert len(files) >= 2, group  # a switch has something to switch between
+
+
+@pytest.mark.parametrize("group", NAMED_GROUPS)
+def test_option_files_hold_no_defaults(group):
+    """The schema is the one home of defaults: an option's YAML states its name (and comments), nothing else."""
+    for path in sorted((conf_dir() / group).glob("*.yaml")):
+        assert yaml.safe_load(path.read_text()) == {"name": path.stem}, path
+
+
+def test_trick_groups_are_the_schema_nodes_with_options():
+    assert TRICK_GROUPS and set(TRICK_GROUPS) <= set(NAMED_GROUPS)
+    assert {"task", "model", "logger", "distributed", "lora"}.isdisjoint(TRICK_GROUPS)
+    assert all((conf_dir() / group).is_dir() for group in TRICK_GROUPS)
+    defaults = [next(iter(d)) for d in yaml.safe_load((conf_dir() / "config.yaml").read_text())["defaults"]
+                if isinstance(d, dict)]
+    assert [g for g in defaults if g in TRICK_GROUPS] == list(TRICK_GROUPS)  # the base config names each, in order
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_override_only_what_they_change(preset):
+    base = {k: str(v) for d in yaml.safe_load((conf_dir() / "config.yaml").read_text())["defaults"]
+            if isinstance(d, dict) for k, v in d.items()}
+    preset_defaults = yaml.safe_load((conf_dir() / "preset" / f"{preset}.yaml").read_text() or "{}") or {}
+    for entry in preset_defaults.get("defaults", []):
+        (key, option), = entry.items()
+        group = key.removeprefix("override /")
+        assert base[group] != str(option), f"preset={preset} restates {group}={option}, the base config's choice"
 
 
 def test_every_option_file_has_a_comment_line():
@@ -55,7 +87,7 @@ def test_every_option_file_has_a_comment_line():
 def test_every_option_composes_after_every_preset(preset, group, option):
     groups = ["ppo.samples_per_prompt=4"] if (group, option) in GROUP_OPTIONS else []
     overrides = (f"preset={preset}", f"{group}={option}", *groups)
-    if group == "policy_filter" and option != "off" and preset in GROUP_PRESETS:
+    if (group, option) in GROUP_OPTIONS and group == "policy_filter" and preset in GROUP_PRESETS:
         with pytest.raises(ConfigError, match=f"policy_filter={option} is not allowed with adv_estimator=grpo"):
             to_config(composed(*overrides))
         return
@@ -96,12 +128,20 @@ def test_out_of_range_values_name_the_key(override, key):
         to_config(composed(override))
 
 
+def test_kl_goes_where_its_option_says_with_its_estimator():
+    token = to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1")).kl_penalty
+    assert token.in_reward and not token.in_loss and token.per_token.value == "k1"
+    both = to_config(composed("kl_penalty=token", "kl_penalty.also_in_loss=true")).kl_penalty
+    assert both.in_reward and both.in_loss and both.per_token.value == "k3"
+    loss = to_config(composed("kl_penalty=loss", "kl_penalty.estimator=k2")).kl_penalty
+    assert loss.in_loss and not loss.in_reward and loss.per_token.value == "k2"
+    with pytest.raises(ConfigError, match="estimator=k1"):
+        to_config(composed("kl_penalty=token", "kl_penalty.also_in_loss=true", "kl_penalty.estimator=k1"))
+    with pytest.raises(ConfigError, match="loss_coef > 0"):
+        to_config(composed("kl_penalty=loss", "kl_penalty.loss_coef=0"))
+
+
 def test_contradictions_are_errors():
-    with pytest.raises(ConfigError, match="allow_reward_and_loss"):
-        to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1"))
-    both = to_config(composed("kl_penalty=token", "kl_penalty.loss_coef=0.1", "kl_penalty.allow_reward_and_loss=true",
-                               "kl_penalty.estimator=k3"))
-    assert both.kl_penalty.in_reward and both.kl_penalty.in_loss
     with pytest.raises(ConfigError, match="dual_c"):
         to_config(composed("policy_clip=dual", "policy_clip.dual_c=1.1"))
     with pytest.raises(ConfigError, match="model=hf"):
@@ -168,4 +208,5 @@ def test_every_sweep_arm_composes(sweep, arm, overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = to_config(composed(*overrides))
-    assert cfg.tricks()  # a validated Config: the arm's combination is allowed
+    chosen = dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in TRICK_GROUPS)
+    assert chosen.items() <= cfg.tricks().items()  # a validated Config with the arm's choices

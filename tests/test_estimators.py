@@ -1,8 +1,6 @@
 """Advantage estimators, loss aggregation and overlong handling as switches (rlhf_lab.tricks, rlhf_lab.trainer):
 the estimators against values worked out by hand on token rewards, and every option through the trainer."""
 
-import math
-
 import pytest
 import torch
 
@@ -40,7 +38,8 @@ def test_overlong_filter_and_soft_penalty():
 
 
 def test_group_options_need_groups_and_critic_options_warn():
-    from rlhf_lab.config import ConfigError, validate
+    from rlhf_lab.checks import validate
+    from rlhf_lab.config import ConfigError
 
     for option in ("adv_estimator=grpo", "adv_estimator=rloo"):
         with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):

@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from rlhf_lab import preflight
-from rlhf_lab.config import ConfigError, register_schema, to_config
+from rlhf_lab.checks import to_config
+from rlhf_lab.config import ConfigError, register_schema
 from rlhf_lab.paths import conf_dir
 
 register_schema()

@@ -11,7 +11,8 @@ from scipy import stats
 
 from conftest import make_config, tiny_trainer, train_three_and_resume
 from rlhf_lab import ppo
-from rlhf_lab.config import ConfigError, validate
+from rlhf_lab.checks import validate
+from rlhf_lab.config import ConfigError
 from rlhf_lab.metrics import r_squared
 from rlhf_lab.models import weight_soup
 

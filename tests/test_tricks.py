@@ -70,8 +70,7 @@ def test_kl_penalty_loss_and_off_keep_the_reward_clean():
 
 
 @pytest.mark.parametrize("overrides", [("kl_penalty=loss", "kl_penalty.estimator=k1"),
-                                       ("kl_penalty=token", "kl_penalty.estimator=k1", "kl_penalty.loss_coef=0.1",
-                                        "kl_penalty.allow_reward_and_loss=true")])
+                                       ("kl_penalty=token", "kl_penalty.estimator=k1", "kl_penalty.also_in_loss=true")])
 def test_k1_as_a_loss_is_an_error_saying_why(overrides):
     with pytest.raises(ConfigError, match="E\\[grad k1\\] = E\\[grad log pi\\] = 0"):
         make_config(*overrides)
@@ -160,17 +159,18 @@ def test_critic_init_sft_and_random(tiny_checkpoints):
 @pytest.mark.parametrize("option", ["steps", "converge"])
 def test_critic_pretrain_trains_the_critic_only(tiny_checkpoints, option):
     trainer = tiny_trainer(tiny_checkpoints, f"critic_pretrain={option}", "critic_pretrain.steps=3",
+                           "critic_pretrain.max_steps=3",
                            "critic_pretrain.target_explained_var=1.0")
     policy_before, critic_before = state(trainer.policy), state(trainer.critic)
     history = trainer.warm_up()
-    assert len(history) == 3  # a target of 1.0 is never reached: converge stops at the cap
+    assert len(history) == 3  # a target of 1.0 is never reached: converge stops at max_steps
     assert all(torch.equal(v, trainer.policy.state_dict()[k]) for k, v in policy_before.items())
     assert not all(torch.equal(v, trainer.critic.state_dict()[k]) for k, v in critic_before.items())
     assert tiny_trainer(tiny_checkpoints, "critic_pretrain=off").warm_up() == []
 
 
 def test_critic_pretrain_converge_stops_at_the_target(tiny_checkpoints):
-    trainer = tiny_trainer(tiny_checkpoints, "critic_pretrain=converge", "critic_pretrain.steps=5",
+    trainer = tiny_trainer(tiny_checkpoints, "critic_pretrain=converge", "critic_pretrain.max_steps=5",
                            "critic_pretrain.target_explained_var=-1e9")
     assert len(trainer.warm_up()) == 1
 
