@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from filelock import FileLock
+from filelock import AcquireReturnProxy, FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,24 @@ def code_fingerprint(module: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _lock(final: Path) -> AcquireReturnProxy:
+    """The build lock of `final`, acquired; saying so when another process holds it (it is building `final`), or
+    a sweep job would wait minutes in silence. Use it as a context manager: leaving releases it."""
+    lock = FileLock(str(final) + ".lock")
+    try:
+        return lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process to finish building %s", final)
+        return lock.acquire()
+
+
 def cached_build(root: Path, kind: str, spec: dict, build: Callable[[Path], None]) -> Path:
     """Return `root/<kind>-<hash(spec)>`, calling `build(tmp_dir)` first if it is not there yet."""
     final = root / f"{kind}-{spec_hash(spec)}"
     if (final / DONE).exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
+    with _lock(final):
         if (final / DONE).exists():  # another process built it while we waited
             return final
         tmp = root / f".{final.name}.tmp-{os.getpid()}"

@@ -354,6 +354,11 @@ class CriticPretrainConfig(Trick):
     def __post_init__(self):
         _check(self.steps >= 1, "critic_pretrain.steps", ">= 1", self.steps)
         _check(self.max_steps >= 1, "critic_pretrain.max_steps", ">= 1", self.max_steps)
+
+    @property
+    def iterations(self) -> int:
+        """The most warm-up iterations before PPO: 0 when off, `steps`, or converge's `max_steps`."""
+        return {CriticPretrain.off: 0, CriticPretrain.steps: self.steps}.get(self.name, self.max_steps)
         _check(self.target_explained_var <= 1, "critic_pretrain.target_explained_var", "<= 1",
                self.target_explained_var)
 
@@ -584,7 +589,7 @@ class RunConfig:
     samples_per_log: int = 8  # responses written each time
     checkpoint_every: int = 50  # save a resumable checkpoint every N iterations (and at the end)
     threads: int = 0  # torch intra-op threads (0: torch's default)
-    progress: bool = True  # show a progress bar
+    progress: bool = True  # show progress of the toy stages and of PPO: a bar on a terminal, else a log line every 30 s
 
     def __post_init__(self):
         _check(self.samples_every >= 1, "run.samples_every", ">= 1", self.samples_every)

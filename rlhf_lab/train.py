@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from rlhf_lab import checkpoint
+from rlhf_lab import checkpoint, progress
 from rlhf_lab.build import build_trainer
 from rlhf_lab.config import Config, Distributed
 from rlhf_lab.launch import launch
@@ -78,6 +77,7 @@ class Job:
     preset: str | None  # the preset chosen
     threads: int  # torch intra-op threads per process (0: torch's default)
     log_file: Path  # the job's log file (Hydra's)
+    shared_terminal: bool  # a parallel launcher's worker: other runs write to the same terminal (no bars)
     wandb_context: tuple  # (the sweep's W&B group, the command line's overrides): `hydra_context()`
 
 
@@ -95,6 +95,7 @@ def run(cfg: Config) -> str:
               arm=arm_label(cfg, list(hydra_cfg.overrides.task)), preset=hydra_cfg.runtime.choices.get("preset"),
               threads=max(1, (threads or os.cpu_count() or 1) // processes) if processes > 1 else threads,
               log_file=Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log",
+              shared_terminal=(hydra_cfg.launcher or {}).get("n_jobs") not in (None, 1),  # joblib: -1 is all cores
               wandb_context=hydra_context())
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
         slurm_ranks()
@@ -117,6 +118,7 @@ def execute(cfg: Config, job: Job) -> str:
     SLURM tasks). Only the main rank writes the run directory, W&B and checkpoints."""
     if job.threads:
         torch.set_num_threads(job.threads)
+    progress.share_terminal(job.shared_terminal)  # before the toy stages' progress, too
     runtime = Runtime.from_config(cfg)  # before any model loads
     # under an external launcher every rank started its own Hydra app: the main rank's directory is the run's
     job = runtime.broadcast(job)
@@ -145,12 +147,13 @@ def execute(cfg: Config, job: Job) -> str:
                     run_dir.set_status("running", finished_at=None, iterations=cfg.iterations)
                 log.info("resuming %s at step %d", run_dir.path, step)
             else:
-                for i, stats in enumerate(trainer.warm_up()):
+                for i, stats in enumerate(trainer.warm_up_iterations()):  # logged as they end: progress
                     if stats:
-                        log.info("critic pre-training: value loss %.4f, explained variance %.3f",
-                                 stats["ppo/value_loss"], stats["ppo/explained_var"])
+                        log.info("critic pre-training %d/%d: value loss %.4f, explained variance %.3f", i + 1,
+                                 cfg.critic_pretrain.iterations, stats["ppo/value_loss"], stats["ppo/explained_var"])
                     else:
-                        log.info("warm-up iteration %d (no critic): reward statistics only", i + 1)
+                        log.info("warm-up iteration %d/%d (no critic): reward statistics only", i + 1,
+                                 cfg.critic_pretrain.iterations)
             if writer:
                 info = run_dir.read_info()
                 log.info("run %s (arm %s, seed %d) -> %s", info["run_id"], info["arm"], cfg.seed, run_dir.path)
@@ -178,10 +181,9 @@ def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir | None, start: 
     after a checkpoint when SIGUSR2/SIGTERM arrived on any rank (under submitit its handler then requeues
     the job)."""
     runtime = trainer.runtime
-    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="ppo", unit="it",
-               disable=not (cfg.run.progress and run_dir), dynamic_ncols=True)
-    with bar:
-        for step in bar:
+    desc = f"ppo ({run_dir.read_info()['arm']}, seed {cfg.seed})" if run_dir else "ppo"  # whose, among parallel runs
+    with progress.Progress(desc, cfg.iterations, initial=start, enabled=cfg.run.progress and bool(run_dir)) as bar:
+        for step in range(start, cfg.iterations):
             metrics, batch = trainer.step()
             last = step == cfg.iterations - 1
             signalled = runtime.any_rank(preemption.signal is not None)
@@ -194,6 +196,8 @@ def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir | None, start: 
                     sink.log_samples(step, rows)
             if (step + 1) % cfg.run.checkpoint_every == 0 or last or signalled:
                 checkpoint.save(trainer, run_dir.checkpoints if run_dir else None, step + 1)
+            bar.update(proxy=metrics["reward/proxy_mean"], gold=metrics.get("reward/gold_mean", float("nan")),
+                       kl=metrics["kl/init_k1"])
             if signalled and not last:
                 log.warning("signal at step %d: checkpoint saved, stopping", step)
                 if run_dir:
@@ -201,9 +205,6 @@ def train_loop(cfg: Config, trainer: PPOTrainer, run_dir: RunDir | None, start: 
                 sink.finish("preempted")
                 preemption.hand_over()
                 return "preempted"
-            bar.set_postfix({"proxy": f"{metrics['reward/proxy_mean']:.3f}",
-                             "gold": f"{metrics.get('reward/gold_mean', float('nan')):.3f}",
-                             "kl": f"{metrics['kl/init_k1']:.2f}"}, refresh=False)
     if run_dir:
         run_dir.set_status("completed")
         log.info("completed %d iterations: %s", cfg.iterations, run_dir.path)

@@ -14,6 +14,7 @@ modules (rlhf_lab.roles) and with their optimisers, built by rlhf_lab.build.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -350,19 +351,20 @@ class PPOTrainer:
         steps: exactly `steps` iterations; converge: until explained variance >= target, at most `max_steps`
         (all of them without a critic). Returns the per-iteration value stats (empty dicts without a critic).
         """
+        return list(self.warm_up_iterations())
+
+    def warm_up_iterations(self) -> Iterator[dict[str, float]]:
+        """`warm_up` one iteration at a time: each one's value stats as it ends, so that a caller can report
+        them while the warm-up runs (it takes a while: full rollouts)."""
         pre = self.cfg.critic_pretrain
-        if pre.name == CriticPretrain.off:
-            return []
-        history = []
-        for _ in range(pre.steps if pre.name == CriticPretrain.steps else pre.max_steps):
+        for _ in range(pre.iterations):
             batch = self.filtered(self.rollout())  # [policy_filter] the critic fits what PPO will train on
             _, advantages, returns = self.advantages(batch)
             if self.critic is None:
-                history.append({})
+                yield {}
                 continue
             stats = fetch(self.train(batch, advantages, returns, update_policy=False))
             self._check_finite(stats)
-            history.append(stats)
+            yield stats
             if pre.name == CriticPretrain.converge and stats["ppo/explained_var"] >= pre.target_explained_var:
                 break
-        return history

@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 SWEEP_DIR=${SWEEP_DIR:-multirun/demo-$(date +%Y%m%d-%H%M%S)}
-.venv/bin/rlhf-train -m sweep=demo hydra.sweep.dir="$SWEEP_DIR" run.progress=false "$@"
+.venv/bin/rlhf-train -m sweep=demo hydra.sweep.dir="$SWEEP_DIR" "$@"
 .venv/bin/rlhf-report "$SWEEP_DIR" -o "$SWEEP_DIR/report"
 echo "demo done: open $SWEEP_DIR/report/report.html"

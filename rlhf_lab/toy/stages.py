@@ -37,6 +37,7 @@ from rlhf_lab.config import Config, Reference
 from rlhf_lab.data import encode, sft_batch
 from rlhf_lab.models import load_policy, load_reward_model, weight_soup
 from rlhf_lab.packing import pack, pad_left, response_mask
+from rlhf_lab.progress import Progress
 from rlhf_lab.roles import Policy, RewardModel, lm_loss, sequence_logprobs
 from rlhf_lab.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.gold import GoldReward
@@ -47,8 +48,8 @@ log = logging.getLogger(__name__)
 SPECIALS = ("<pad>", "<eos>", "<unk>")
 MAX_RESPONSE_WORDS = 30  # SFT demonstrations are kept shorter than the default PPO length cap (32)
 MEMBER_SEED_STRIDE = 7919  # member k of a stage draws its data from seed + k * stride (k = 0: the usual stage)
-HELD_OUT_SEED = 99
-HARD_PROMPTS = "hard_prompts.json"  # [reference=mpo] in the dpo stage's folder: MPO's hard prompts, PPO's prompts  # offset of the seed of held-out demonstrations and prompts in the stages' reports
+HELD_OUT_SEED = 99  # offset of the seed of held-out demonstrations and prompts in the stages' reports
+HARD_PROMPTS = "hard_prompts.json"  # [reference=mpo] in the dpo stage's folder: MPO's hard prompts, PPO's prompts
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,13 @@ def toy_model_config(cfg: Config, tokenizer) -> Starcoder2Config:
         embedding_dropout=0.0, attention_dropout=0.0)
 
 
+def _progress(cfg: Config, stage: str, member: int, what: str, total: int, unit: str) -> Progress:
+    """The progress of one step of a stage build (unless run.progress is off), named with the member and the
+    testbed instance: a parallel sweep may build several at once."""
+    name = f"{stage} member {member}" if member else stage
+    return Progress(f"{name}: {what} (testbed {cfg.task.language_seed})", total, unit=unit, enabled=cfg.run.progress)
+
+
 def sft_examples(language: ToyLanguage, n: int, rng: random.Random) -> list[tuple[str, str]]:
     examples = []
     while len(examples) < n:
@@ -107,16 +115,18 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage, member: int = 0) -
     steps = sft.epochs * (len(examples) // sft.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=sft.lr, total_steps=steps, pct_start=0.1)
     model.train()
-    for epoch in range(sft.epochs):
-        rng.shuffle(examples)
-        for start in range(0, len(examples) - sft.batch_size + 1, sft.batch_size):
-            ids, mask, loss_mask = sft_batch(tokenizer, examples[start:start + sft.batch_size])
-            loss = lm_loss(Policy(model), ids, mask, loss_mask)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        log.info("sft epoch %d: loss %.3f", epoch, loss.item())
+    with _progress(cfg, "sft", member, "training", steps, "steps") as bar:
+        for epoch in range(sft.epochs):
+            rng.shuffle(examples)
+            for start in range(0, len(examples) - sft.batch_size + 1, sft.batch_size):
+                ids, mask, loss_mask = sft_batch(tokenizer, examples[start:start + sft.batch_size])
+                loss = lm_loss(Policy(model), ids, mask, loss_mask)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                bar.update(loss=loss.item())
+            log.info("sft epoch %d: loss %.3f", epoch, loss.item())
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -124,9 +134,10 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage, member: int = 0) -
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
+def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int, progress: Progress | None = None,
                      batch_size: int = 256) -> tuple[list[str], list[bool], list[list[int]]]:
-    """Sample one response per prompt. -> texts, finished (EOS seen), token ids (with the EOS if any)."""
+    """Sample one response per prompt, counting them on `progress` batch by batch.
+    -> texts, finished (EOS seen), token ids (with the EOS if any)."""
     engine = HFGenerate(model, generation_config(max_new_tokens, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id))
     texts, finished, token_ids = [], [], []
     for start in range(0, len(prompts), batch_size):
@@ -139,17 +150,20 @@ def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int,
             token_ids.append(tokens)
             finished.append(done)
             texts.append(tokenizer.decode(tokens[:-1] if done else tokens))
+        if progress is not None:
+            progress.update(len(response))
     return texts, finished, token_ids
 
 
 def _preference_pairs(policy, tokenizer, language: ToyLanguage, gold: GoldReward, n: int, noise: float,
-                      max_new_tokens: int, rng: random.Random) -> list[tuple[list[int], list[int], float, int]]:
+                      max_new_tokens: int, rng: random.Random,
+                      progress: Progress) -> list[tuple[list[int], list[int], float, int]]:
     """`n` pairs of SFT-policy responses to one prompt each, ordered by a noisy Bradley-Terry judge on the gold
-    reward, P(a > b) = sigmoid((gold_a - gold_b) / noise).
+    reward, P(a > b) = sigmoid((gold_a - gold_b) / noise). The 2n responses are counted on `progress`.
     -> (chosen ids, rejected ids (both prompt + response), gold margin, prompt length)."""
     prompts = [language.sample_prompt(rng) for _ in range(n)]
     both = prompts + prompts
-    texts, finished, token_ids = sample_responses(policy, tokenizer, both, max_new_tokens)
+    texts, finished, token_ids = sample_responses(policy, tokenizer, both, max_new_tokens, progress)
     golds = gold(both, texts, finished)
     prompt_ids = encode(tokenizer, prompts)
     pairs = []
@@ -197,10 +211,11 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
     policy = load_policy(sft_dir, torch.float32).eval()
     gold = GoldReward(language)
     pad = tokenizer.pad_token_id
-    train_pairs = _preference_pairs(policy, tokenizer, language, gold, rmc.pairs, rmc.label_noise,
-                                    cfg.ppo.max_new_tokens, rng)
-    eval_pairs = _preference_pairs(policy, tokenizer, language, gold, rmc.eval_pairs, rmc.label_noise,
-                                   cfg.ppo.max_new_tokens, rng)
+    with _progress(cfg, "rm", member, "sampling pairs", 2 * (rmc.pairs + rmc.eval_pairs), "responses") as bar:
+        train_pairs = _preference_pairs(policy, tokenizer, language, gold, rmc.pairs, rmc.label_noise,
+                                        cfg.ppo.max_new_tokens, rng, bar)
+        eval_pairs = _preference_pairs(policy, tokenizer, language, gold, rmc.eval_pairs, rmc.label_noise,
+                                       cfg.ppo.max_new_tokens, rng, bar)
 
     model = AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1)
     model.config.pad_token_id = pad
@@ -208,23 +223,26 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
     steps = rmc.epochs * (len(train_pairs) // rmc.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rmc.lr, total_steps=steps, pct_start=0.1)
     model.eval()  # no dropout: the toy model has none, and a real RM's would only add noise to the scores
-    for epoch in range(rmc.epochs):
-        rng.shuffle(train_pairs)
-        for start in range(0, len(train_pairs) - rmc.batch_size + 1, rmc.batch_size):
-            batch = train_pairs[start:start + rmc.batch_size]
-            ids, mask = pad_left([c for c, *_ in batch] + [r for _, r, *_ in batch], pad)
-            chosen, rejected = RewardModel(model)(pack(ids, mask)).chunk(2)
-            loss = -F.logsigmoid(chosen - rejected).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        log.info("rm epoch %d: loss %.3f", epoch, loss.item())
+    with _progress(cfg, "rm", member, "training", steps, "steps") as bar:
+        for epoch in range(rmc.epochs):
+            rng.shuffle(train_pairs)
+            for start in range(0, len(train_pairs) - rmc.batch_size + 1, rmc.batch_size):
+                batch = train_pairs[start:start + rmc.batch_size]
+                ids, mask = pad_left([c for c, *_ in batch] + [r for _, r, *_ in batch], pad)
+                chosen, rejected = RewardModel(model)(pack(ids, mask)).chunk(2)
+                loss = -F.logsigmoid(chosen - rejected).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                bar.update(loss=loss.item())
+            log.info("rm epoch %d: loss %.3f", epoch, loss.item())
 
     # calibration: the SFT policy's responses to fresh prompts score mean 0, std 1
     calib_prompts = [language.sample_prompt(rng) for _ in range(rmc.calibration_samples)]
-    calib_texts, calib_finished, calib_tokens = sample_responses(policy, tokenizer, calib_prompts,
-                                                                 cfg.ppo.max_new_tokens)
+    with _progress(cfg, "rm", member, "calibration samples", len(calib_prompts), "responses") as bar:
+        calib_texts, calib_finished, calib_tokens = sample_responses(policy, tokenizer, calib_prompts,
+                                                                     cfg.ppo.max_new_tokens, bar)
     calib_gold = torch.tensor(gold(calib_prompts, calib_texts, calib_finished))
     calib_ids = [p + t for p, t in zip(encode(tokenizer, calib_prompts), calib_tokens)]
     raw = _scores(model, calib_ids, pad)
@@ -325,9 +343,11 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
     sft = load_policy(sft_dir, torch.float32).eval()
     sft.requires_grad_(False)
     gold = GoldReward(language)
-    pairs = _preference_pairs(sft, tokenizer, language, gold, dpo.pairs, rmc.label_noise, cfg.ppo.max_new_tokens, rng)
-    held_out = _preference_pairs(sft, tokenizer, language, gold, rmc.eval_pairs, rmc.label_noise,
-                                 cfg.ppo.max_new_tokens, rng)
+    with _progress(cfg, "dpo", 0, "sampling pairs", 2 * (dpo.pairs + rmc.eval_pairs), "responses") as bar:
+        pairs = _preference_pairs(sft, tokenizer, language, gold, dpo.pairs, rmc.label_noise, cfg.ppo.max_new_tokens,
+                                  rng, bar)
+        held_out = _preference_pairs(sft, tokenizer, language, gold, rmc.eval_pairs, rmc.label_noise,
+                                     cfg.ppo.max_new_tokens, rng, bar)
     rm = load_reward_model(rm_dir, torch.float32).eval()
     chosen, rejected = _scores(rm, [c for c, *_ in pairs] + [r for _, r, *_ in pairs], pad).chunk(2)
     gaps = (chosen - rejected).abs()
@@ -341,18 +361,20 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
     steps = dpo.epochs * (len(easy) // dpo.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=dpo.lr, total_steps=steps, pct_start=0.1)
     index = list(range(len(easy)))
-    for epoch in range(dpo.epochs):
-        rng.shuffle(index)
-        for start in range(0, len(index) - dpo.batch_size + 1, dpo.batch_size):
-            rows = index[start:start + dpo.batch_size]
-            logp = sequence_logprobs(Policy(model), *_pair_batch([easy[i] for i in rows], pad)).reshape(2, -1)
-            ref = easy_ref[rows]
-            loss, accuracy = ppo.dpo_loss(logp[0], logp[1], ref[:, 0], ref[:, 1], dpo.beta)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        log.info("dpo epoch %d: loss %.3f, accuracy %.3f", epoch, loss.item(), accuracy.item())
+    with _progress(cfg, "dpo", 0, "training", steps, "steps") as bar:
+        for epoch in range(dpo.epochs):
+            rng.shuffle(index)
+            for start in range(0, len(index) - dpo.batch_size + 1, dpo.batch_size):
+                rows = index[start:start + dpo.batch_size]
+                logp = sequence_logprobs(Policy(model), *_pair_batch([easy[i] for i in rows], pad)).reshape(2, -1)
+                ref = easy_ref[rows]
+                loss, accuracy = ppo.dpo_loss(logp[0], logp[1], ref[:, 0], ref[:, 1], dpo.beta)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                bar.update(loss=loss.item())
+            log.info("dpo epoch %d: loss %.3f, accuracy %.3f", epoch, loss.item(), accuracy.item())
 
     model.eval()
     held = _pair_logprobs(model, held_out, pad) - _pair_logprobs(sft, held_out, pad)  # (H, 2) implicit rewards
@@ -365,13 +387,14 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
               "median_gap": gaps.median().item(), "final_loss": loss.item(), "final_batch_accuracy": accuracy.item(),
               "held_out_label_accuracy": prefers_chosen.float().mean().item(),
               "held_out_gold_accuracy": (prefers_chosen == (margins > 0))[decided].float().mean().item()}
-    for name, policy in (("sft", sft), ("dpo", model)):
-        texts, finished, tokens = sample_responses(policy, tokenizer, prompts, cfg.ppo.max_new_tokens)
-        report[f"{name}_gold_mean"] = sum(gold(prompts, texts, finished)) / len(prompts)
-        if name == "dpo":  # KL(dpo || sft) per response, on the DPO model's own samples
-            samples = [(p + t, p + t, 0.0, len(p)) for p, t in zip(encode(tokenizer, prompts), tokens)]
-            kl = _pair_logprobs(model, samples, pad)[:, 0] - _pair_logprobs(sft, samples, pad)[:, 0]
-            report["dpo_kl_to_sft"] = kl.mean().item()
+    with _progress(cfg, "dpo", 0, "report samples", 2 * len(prompts), "responses") as bar:
+        for name, policy in (("sft", sft), ("dpo", model)):
+            texts, finished, tokens = sample_responses(policy, tokenizer, prompts, cfg.ppo.max_new_tokens, bar)
+            report[f"{name}_gold_mean"] = sum(gold(prompts, texts, finished)) / len(prompts)
+            if name == "dpo":  # KL(dpo || sft) per response, on the DPO model's own samples
+                samples = [(p + t, p + t, 0.0, len(p)) for p, t in zip(encode(tokenizer, prompts), tokens)]
+                kl = _pair_logprobs(model, samples, pad)[:, 0] - _pair_logprobs(sft, samples, pad)[:, 0]
+                report["dpo_kl_to_sft"] = kl.mean().item()
     log.info("reference dpo: %s", report)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
