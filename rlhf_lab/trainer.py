@@ -199,9 +199,9 @@ class PPOTrainer:
         })
         self._check_finite(metrics)
         # [kl_penalty=adaptive] the controller reads the per-sequence KL of the penalty's own estimator
-        self.tricks.kl_ctl.update(metrics[f"kl/ref_{self.tricks.kl_estimator.value}"], len(batch.prompts))
+        self.tricks.update_kl_coef(metrics, len(batch.prompts))
         metrics.update({
-            "kl_ctl/coef": self.tricks.kl_ctl.coef,
+            "kl_ctl/coef": self.tricks.kl_coef,
             "perf/rollout_seconds": rollout_seconds,
             "perf/train_seconds": train_seconds,
             "perf/iter_seconds": clock() - started,
@@ -297,17 +297,13 @@ class PPOTrainer:
         else:
             logprobs = ppo.logprobs_from_logits(logits, tokens)
         logprobs = logprobs * mask  # 0 after EOS, as the rollout's: the ratio there is exactly 1
+        zero = torch.zeros((), device=logprobs.device)
         policy_loss, clipfrac = tricks.policy_loss(logprobs, old_logprobs, advantages, mask)  # [policy_clip]
-        loss = policy_loss
-        entropy_bonus = torch.zeros((), device=logprobs.device)
-        if tricks.entropy_coef:  # [entropy_bonus]
-            entropy_bonus = tricks.entropy_coef * tricks.aggregate(entropy, mask)
-            loss = loss - entropy_bonus
-        loss = weight * (loss + tricks.kl_loss(logprobs, ref_logprobs, mask))  # [kl_penalty=loss]
-        ptx_loss = torch.zeros((), device=logprobs.device)
-        if tricks.ptx_coef:  # [ptx_loss]
-            ptx_loss = self.ptx_loss()
-            loss = loss + tricks.ptx_coef * ptx_loss
+        entropy = tricks.aggregate(entropy, mask) if tricks.entropy_coef else zero  # [entropy_bonus]
+        kl = tricks.kl_term(logprobs, ref_logprobs, mask)  # [kl_penalty in the loss]
+        ptx_loss = self.ptx_loss() if tricks.ptx_coef else zero  # [ptx_loss]
+        loss = tricks.policy_objective(policy_loss, entropy, kl, ptx_loss, weight)
+        entropy_bonus = tricks.entropy_coef * entropy
         with torch.no_grad():
             approx_kl = ppo.masked_mean(ppo.kl_estimate(old_logprobs, logprobs, KLEstimator.k3), mask)
         return {"ppo/policy_loss": weight * policy_loss.detach(), "ppo/clipfrac": token_weight * clipfrac,

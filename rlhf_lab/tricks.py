@@ -1,8 +1,9 @@
 """The PPO tricks, chosen by their config groups. The trainer asks `Tricks`; it never tests trick names.
 
-Groups with several behaviours map their option names to small functions (the tables ENSEMBLES, SCALINGS,
-NORMALISATIONS, FILTERS, OUTCOME_BASELINES, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus
-one table entry plus its YAML file; on/off groups select a coefficient or a bound that is neutral when off (0 or infinity).
+Groups with several behaviours map their option names to functions of `ppo.py` (the tables ENSEMBLES, FILTERS,
+SCALINGS, NORMALISATIONS, ESTIMATORS, ADV_NORMS and POLICY_LOSSES below), so a new option is one function plus one
+table entry plus its YAML file; on/off groups select a coefficient or a bound that is neutral when off (0 or
+infinity). The maths is in `ppo.py`, every coefficient of the policy loss applied in `ppo.policy_objective`.
 """
 
 from __future__ import annotations
@@ -35,41 +36,34 @@ FILTERS = {
 }
 
 
-# ---------------------------------------------------------------- sequence-score transforms
-# Each is affine: (scores (B,), its running statistics, eps) -> (shift, scale), applied as (x - shift) * scale.
-# The statistics are fitted on the policy's samples only; a baseline (ReMax's greedy responses) is transformed
-# with them and never enters them.
-def _identity(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[float, float]:
-    return 0.0, 1.0
+# ---------------------------------------------------------------- sequence-score transforms (ppo.py, "reward shaping")
+SCALINGS = {RewardScaling.off: ppo.no_transform, RewardScaling.running_std: ppo.scale_by_running_std}
+NORMALISATIONS = {RewardNorm.off: ppo.no_transform, RewardNorm.running: ppo.normalise_running,
+                  RewardNorm.batch: ppo.normalise_batch}
 
 
-def scale_by_running_std(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[float, float]:
-    """Divide by the running std of returns. With a single terminal reward per episode the (undiscounted)
-    return of an episode is its score, so the running statistics are those of the scores."""
-    stats.update(scores)
-    return 0.0, 1 / (stats.std + eps)
+# ---------------------------------------------------------------- advantage estimators, -> (advantages, returns)
+# (token rewards (B, R), values (B, R) or None, mask (B, R), shaped scores (B,), ReMax's shaped greedy scores (B,)
+# or None, the config) -> advantages (B, R), returns (B, R)
+def _per_response(advantages_of):
+    """A critic-free group estimator on the sequence returns, one number on every token of a response."""
+    def estimate(rewards, values, mask, scores, baseline, cfg):
+        returns = ppo.sequence_returns(rewards, mask)
+        advantages = advantages_of(returns, cfg.ppo.samples_per_prompt, cfg.adv_estimator)
+        return ppo.on_every_token(advantages, mask), ppo.on_every_token(returns, mask)
+    return estimate
 
 
-def normalise_running(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[float, float]:
-    """(score - historical mean) / historical std, the statistics updated with this batch first (PPO-max)."""
-    stats.update(scores)
-    return stats.mean, 1 / (stats.std + eps)
-
-
-def normalise_batch(scores: torch.Tensor, stats: ppo.RunningMoments, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(score - batch mean) / batch std (unbiased)."""
-    return scores.mean(), 1 / (scores.std() + eps)
-
-
-SCALINGS = {RewardScaling.off: _identity, RewardScaling.running_std: scale_by_running_std}
-NORMALISATIONS = {RewardNorm.off: _identity, RewardNorm.running: normalise_running, RewardNorm.batch: normalise_batch}
-
-
-# ---------------------------------------------------------------- critic-free advantages, returns (B,) -> (B,)
-# (returns, group size, the adv_estimator config) -> advantages
-OUTCOME_BASELINES = {
-    AdvEstimator.grpo: lambda ret, group, est: ppo.grpo_advantages(ret, group, est.scale, est.eps),
-    AdvEstimator.rloo: lambda ret, group, est: ppo.rloo_advantages(ret, group),
+ESTIMATORS = {
+    AdvEstimator.gae: lambda rewards, values, mask, scores, baseline, cfg: ppo.gae(
+        rewards, values, mask, cfg.ppo.gamma, cfg.ppo.lam),
+    AdvEstimator.reinforce_pp: lambda rewards, values, mask, scores, baseline, cfg: ppo.reinforce_pp(
+        rewards, mask, cfg.ppo.gamma),
+    AdvEstimator.grpo: _per_response(lambda returns, group, est: ppo.grpo_advantages(returns, group, est.scale,
+                                                                                     est.eps)),
+    AdvEstimator.rloo: _per_response(lambda returns, group, est: ppo.rloo_advantages(returns, group)),
+    AdvEstimator.remax: lambda rewards, values, mask, scores, baseline, cfg: ppo.remax(rewards, scores, baseline,
+                                                                                      mask),
 }
 
 
@@ -178,21 +172,9 @@ class Tricks:
         lambda 1), whitened over the batch. grpo, rloo: a baseline from the other responses to the prompt
         subtracted from each response's return (the sum of its token rewards), one number on every token.
         remax: `baseline` (B,), the greedy response's shaped score (see ppo.remax_advantages)."""
-        est, ppo_cfg = self.cfg.adv_estimator, self.cfg.ppo
-        if est.name == AdvEstimator.gae:
-            advantages, returns = ppo.gae(rewards, values, mask, ppo_cfg.gamma, ppo_cfg.lam)
-        elif est.name == AdvEstimator.reinforce_pp:
-            returns, _ = ppo.gae(rewards, torch.zeros_like(rewards), mask, ppo_cfg.gamma, 1.0)
-            advantages = ppo.whiten(returns, mask)
-        elif est.name == AdvEstimator.remax:
-            kl_rewards = rewards - ppo.token_rewards(scores, torch.zeros_like(rewards), mask, 0.0)
-            advantages = ppo.remax_advantages(kl_rewards, scores, baseline, mask)
-            returns = (rewards * mask).sum(1, keepdim=True) * mask
-        else:
-            sequence = (rewards * mask).sum(1)
-            advantages = OUTCOME_BASELINES[est.name](sequence, ppo_cfg.samples_per_prompt, est).unsqueeze(1) * mask
-            returns = sequence.unsqueeze(1) * mask
-        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps)
+        advantages, returns = ESTIMATORS[self.cfg.adv_estimator.name](rewards, values, mask, scores, baseline,
+                                                                       self.cfg)
+        advantages = self._adv_norm(advantages, mask, self.cfg.adv_norm.eps)  # [adv_norm], then [adv_clip]
         return advantages.clamp(-self.adv_clip, self.adv_clip), returns
 
     # ------------------------------------------------------------ losses
@@ -201,11 +183,28 @@ class Tricks:
         clip = self.cfg.policy_clip
         return self._policy_loss(logp, old_logp, advantages, mask, clip.eps, clip.upper, clip.dual_c, self.aggregate)
 
-    def kl_loss(self, logp, ref_logp, mask) -> torch.Tensor:
-        """[kl_penalty=loss] term: coef * mean per-token KL estimate to the reference (0 when off)."""
+    def kl_term(self, logp, ref_logp, mask) -> torch.Tensor:
+        """[kl_penalty in the loss] the aggregated per-token KL estimate to the reference (0 when the penalty is not
+        in the loss); its coefficient is `kl_loss_coef`. (B, R) each -> 0-d."""
         if self.kl_loss_coef == 0:
             return torch.zeros((), device=logp.device)
-        return self.kl_loss_coef * self.aggregate(ppo.kl_estimate(logp, ref_logp, self.kl_estimator), mask)
+        return self.aggregate(ppo.kl_estimate(logp, ref_logp, self.kl_estimator), mask)
+
+    def policy_objective(self, surrogate, entropy, kl, ptx, weight=1.0) -> torch.Tensor:
+        """The policy's loss from its aggregated terms, with this config's coefficients (ppo.policy_objective)."""
+        return ppo.policy_objective(surrogate, entropy, kl, ptx, self.entropy_coef, self.kl_loss_coef, self.ptx_coef,
+                                    weight)
+
+    # ------------------------------------------------------------ the KL coefficient of the reward
+    @property
+    def kl_coef(self) -> float:
+        """[kl_penalty=token|adaptive] the coefficient of the in-reward penalty now (0 when not in the reward)."""
+        return self.kl_ctl.coef
+
+    def update_kl_coef(self, rollout_metrics: dict, n_samples: int) -> None:
+        """[kl_penalty=adaptive] step the controller with the per-sequence KL to the reference of the penalty's
+        own estimator (`rollout_metrics["kl/ref_kX"]`); nothing otherwise."""
+        self.kl_ctl.update(rollout_metrics[f"kl/ref_{self.kl_estimator.value}"], n_samples)
 
     def value_loss(self, values, old_values, returns, mask):
         """[value_clip] value loss. Returns (loss, clipfrac)."""

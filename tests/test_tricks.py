@@ -65,8 +65,21 @@ def test_kl_penalty_loss_and_off_keep_the_reward_clean():
         torch.testing.assert_close(rewards, torch.tensor([[0.0, 1.0]]))
     as_loss = Tricks(make_config("kl_penalty=loss", "kl_penalty.loss_coef=0.2"))
     k3 = ppo.kl_estimate(logp, ref, KLEstimator.k3).mean()
-    assert as_loss.kl_loss(logp, ref, mask).item() == pytest.approx(0.2 * k3.item())
-    assert Tricks(make_config("kl_penalty=token")).kl_loss(logp, ref, mask).item() == 0.0
+    kl = as_loss.kl_term(logp, ref, mask)
+    assert kl.item() == pytest.approx(k3.item())
+    zero = torch.zeros(())
+    assert as_loss.policy_objective(zero, zero, kl, zero).item() == pytest.approx(0.2 * k3.item())
+    assert Tricks(make_config("kl_penalty=token")).kl_term(logp, ref, mask).item() == 0.0
+
+
+def test_policy_objective_applies_every_coefficient_once():
+    """weight * (surrogate - c_ent * entropy + c_kl * KL) + c_ptx * ptx, with each group's coefficient."""
+    tricks = Tricks(make_config("preset=vanilla", "entropy_bonus=on", "entropy_bonus.coef=0.1", "kl_penalty=loss",
+                                "kl_penalty.loss_coef=0.2", "ptx_loss=on", "ptx_loss.coef=0.5"))
+    terms = [torch.tensor(v) for v in (1.0, 2.0, 3.0, 4.0)]  # surrogate, entropy, KL, ptx
+    assert tricks.policy_objective(*terms, weight=0.5).item() == pytest.approx(0.5 * (1 - 0.2 + 0.6) + 2.0)
+    plain = Tricks(make_config("preset=vanilla"))
+    assert plain.policy_objective(*terms, weight=0.5).item() == pytest.approx(0.5)  # every extra term off
 
 
 @pytest.mark.parametrize("overrides", [("kl_penalty=loss", "kl_penalty.estimator=k1"),
@@ -91,11 +104,11 @@ def test_k1_loss_has_zero_expected_gradient_and_k3_does_not():
 def test_adaptive_kl_coefficient_moves_towards_the_target():
     tricks = Tricks(make_config("kl_penalty=adaptive", "kl_penalty.coef=0.1", "kl_penalty.target=1.0",
                                 "kl_penalty.horizon=100"))
-    tricks.kl_ctl.update(kl=5.0, n_samples=10)
-    assert tricks.kl_ctl.coef == pytest.approx(0.1 * 1.02)
+    tricks.update_kl_coef({"kl/ref_k1": 5.0}, n_samples=10)  # the penalty's own estimator's KL
+    assert tricks.kl_coef == pytest.approx(0.1 * 1.02)
     fixed = Tricks(make_config("kl_penalty=token", "kl_penalty.coef=0.1"))
-    fixed.kl_ctl.update(kl=5.0, n_samples=10)  # kl_penalty=token: the coefficient never moves
-    assert fixed.kl_ctl.coef == 0.1
+    fixed.update_kl_coef({"kl/ref_k1": 5.0}, n_samples=10)  # kl_penalty=token: the coefficient never moves
+    assert fixed.kl_coef == 0.1
 
 
 def test_advantage_normalisation_and_clipping():
