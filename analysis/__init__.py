@@ -8,7 +8,8 @@ offline run directories through wandb's command line, or the cloud API); never i
 
 import importlib
 
-from analysis.load import find_run_dirs, load_runs, load_samples, read_jsonl, wide_traces
+from analysis.frames import wide_traces
+from analysis.load import find_run_dirs, load_runs, load_samples, read_jsonl
 from analysis.wandb_runs import load_wandb_runs
 from analysis.stability import (CollapseResult, CollapseRules, arm_summary, detect_collapse, run_metrics,
                                 run_stability, stability_criteria)

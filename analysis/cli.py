@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from analysis.effects import default_baseline
-from analysis.load import RUN_FILE, frames_from_runs, read_runs
+from analysis.frames import frames_from_runs
+from analysis.load import RUN_FILE, read_runs
 from analysis.report import write_report
 from analysis.stability import DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules
 

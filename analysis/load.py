@@ -17,7 +17,7 @@ is skipped with a warning.
 Run directories from before ``kl/init_k1|k2|k3`` (KL to the run's initial policy) existed are read with them
 where that is what they logged: a run with no ``kl/init_*`` whose reference is its initial policy
 (``tricks.reference`` absent or "sft") gets ``kl/init_kX`` = ``kl/ref_kX`` for each estimator it logged
-(``with_init_kl``). A run whose reference is something else (soup, dpo) keeps only ``kl/ref_*``: the analysis
+(``analysis.frames.with_init_kl``). A run whose reference is something else (soup, dpo) keeps only ``kl/ref_*``: the analysis
 then falls back to its KL to the reference (``names.pick_kl_metric``), and the report says so.
 
 W&B runs read the same way (``analysis.wandb_runs``): a path that is a W&B run directory
@@ -35,12 +35,12 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from analysis.names import KL_INIT_OF_REF, is_init_kl
+from analysis.frames import flatten, frames_from_runs, metrics_frame
+from analysis.wandb_runs import is_wandb_run_dir, read_offline_runs, wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 SKIPPED_DIRS = {"checkpoints"}
 SAMPLE_COLUMNS = ["step", "prompt", "response", "reward_proxy", "reward_gold"]
-INITIAL_REFERENCES = (None, "sft")  # tricks.reference values (None: absent) whose reference is the initial policy
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -80,13 +79,6 @@ def find_sources(paths) -> list[Path]:
         for run_dir in _walk(path):
             found.setdefault(run_dir.resolve(), None)
     return list(found)
-
-
-def is_wandb_run_dir(path) -> bool:
-    """True for a W&B run directory (``[offline-]run-<time>-<id>`` holding ``run-<id>.wandb``)."""
-    from analysis.wandb_runs import is_wandb_run_dir as check
-
-    return check(path)
 
 
 def _walk(directory: Path):
@@ -170,19 +162,6 @@ def read_metrics(path) -> tuple[pd.DataFrame, int]:
     return metrics_frame(records), nonfinite
 
 
-def metrics_frame(records: list[dict]) -> pd.DataFrame:
-    """Metrics rows (dicts with a ``step``) as the wide float frame of ``read_metrics``."""
-    frame = pd.DataFrame.from_records(records)
-    if "step" not in frame:
-        frame["step"] = np.nan
-    for column in frame.select_dtypes(exclude="number").columns:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    frame = frame.astype("float64")
-    frame = frame[np.isfinite(frame["step"])]
-    frame = frame.drop_duplicates("step", keep="last").sort_values("step")
-    return frame.set_index(frame["step"].astype("int64")).drop(columns="step")
-
-
 def _read_yaml(path: Path):
     """The parsed YAML file, or None when it is missing or malformed (with a warning)."""
     if not path.is_file():
@@ -204,20 +183,6 @@ def read_overrides(run_dir) -> str:
     """The run's Hydra overrides (``.hydra/overrides.yaml``) joined by spaces; "" if absent."""
     overrides = _read_yaml(Path(run_dir) / OVERRIDES_FILE)
     return " ".join(str(o) for o in overrides) if isinstance(overrides, list) else ""
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """Flatten nested dicts to ``{"a.b.c": value}``; lists become compact JSON strings."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value, separators=(",", ":"), default=str)
-        else:
-            flat[name] = value
-    return flat
 
 
 def read_run(run_dir) -> tuple[dict, pd.DataFrame]:
@@ -273,8 +238,6 @@ def read_runs(paths, progress: bool = False) -> list[tuple[dict, pd.DataFrame]]:
     wandb_dirs = {path for path in sources if is_wandb_run_dir(path)}
     from_wandb = {}
     if wandb_dirs:  # read together: the attempts of a resumed W&B run are merged into one run
-        from analysis.wandb_runs import read_offline_runs, wandb_run_id
-
         ordered = [path for path in sources if path in wandb_dirs]
         from_wandb = {row["wandb_id"]: (row, metrics) for row, metrics in read_offline_runs(ordered)}
     pairs = []
@@ -292,66 +255,6 @@ def read_runs(paths, progress: bool = False) -> list[tuple[dict, pd.DataFrame]]:
     return pairs
 
 
-def frames_from_runs(pairs) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(runs, traces)`` from (runs row, wide metrics frame) pairs, as ``load_runs`` returns them.
-
-    Every source (run directories, W&B run directories, the W&B API) comes through here, and so through
-    ``with_init_kl``."""
-    rows = [row for row, _ in pairs]
-    frames = [with_init_kl(row, metrics) for row, metrics in pairs]
-    _make_run_ids_unique(rows)
-    runs = pd.DataFrame(rows, columns=None if rows else ["run_id", "arm", "seed", "status", "run_dir"])
-    return runs, _long_traces(list(runs["run_id"]), frames)
-
-
-def with_init_kl(row: dict, metrics: pd.DataFrame) -> pd.DataFrame:
-    """A run's wide metrics frame, with the reader for runs from before ``kl/init_*``: when it logged no
-    ``kl/init_*`` and its reference is its initial policy (``row["tricks.reference"]`` absent or "sft"),
-    ``kl/init_kX`` = ``kl/ref_kX`` for each estimator it logged; otherwise ``metrics`` unchanged."""
-    if any(is_init_kl(name) for name in metrics.columns) or row.get("tricks.reference") not in INITIAL_REFERENCES:
-        return metrics
-    return metrics.assign(**{KL_INIT_OF_REF[name]: metrics[name] for name in metrics.columns if name in KL_INIT_OF_REF})
-
-
-def _make_run_ids_unique(rows: list[dict]) -> None:
-    """Suffix repeated run ids (``id~2``, ``id~3``...) so that run_id keys the traces, with a warning."""
-    seen: dict[str, int] = {}
-    for row in rows:
-        run_id = row["run_id"]
-        seen[run_id] = seen.get(run_id, 0) + 1
-        if seen[run_id] > 1:
-            row["run_id"] = f"{run_id}~{seen[run_id]}"
-            log.warning("duplicate run_id %r in %s: renamed %r", run_id, row["run_dir"], row["run_id"])
-
-
-def _long_traces(run_ids: list[str], frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Stack per-run wide metric frames into the long ``traces`` frame, vectorised, dropping NaN."""
-    metrics = sorted(set().union(*(frame.columns for frame in frames)))
-    code = {name: i for i, name in enumerate(metrics)}
-    parts = []
-    for run_code, frame in enumerate(frames):
-        columns = sorted(frame.columns, key=code.__getitem__)
-        values = frame[columns].to_numpy("float64").ravel(order="F")
-        keep = ~np.isnan(values)
-        n = len(frame)
-        parts.append((
-            np.full(keep.sum(), run_code, dtype="int32"),
-            np.tile(frame.index.to_numpy("int64"), len(columns))[keep],
-            np.repeat(np.array([code[c] for c in columns], dtype="int32"), n)[keep],
-            values[keep],
-        ))
-    run_codes, steps, metric_codes, values = (
-        np.concatenate([p[i] for p in parts]) if parts else np.array([], dtype=dt)
-        for i, dt in enumerate(["int32", "int64", "int32", "float64"])
-    )
-    return pd.DataFrame({
-        "run_id": pd.Categorical.from_codes(run_codes, categories=run_ids),
-        "step": steps,
-        "metric": pd.Categorical.from_codes(metric_codes, categories=metrics),
-        "value": values,
-    })
-
-
 def load_samples(run_dir) -> pd.DataFrame:
     """A run's ``samples.jsonl`` as a frame with columns step, prompt, response, reward_proxy, reward_gold.
 
@@ -367,16 +270,3 @@ def load_samples(run_dir) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def wide_traces(traces: pd.DataFrame, metrics=None) -> pd.DataFrame:
-    """Long traces -> wide frame indexed by (run_id, step) with one column per metric.
-
-    ``metrics`` restricts (and orders) the columns; names absent from ``traces`` are left out.
-    """
-    if metrics is not None:
-        present = set(traces["metric"].cat.categories)
-        metrics = [m for m in metrics if m in present]
-        traces = traces[traces["metric"].isin(metrics)]
-    wide = traces.pivot(index=["run_id", "step"], columns="metric", values="value")
-    wide.columns = wide.columns.astype("object")
-    wide.columns.name = None
-    return wide[metrics] if metrics is not None else wide

@@ -27,7 +27,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.load import wide_traces
+from analysis.frames import wide_traces
 from analysis.names import ENTROPY, GOLD, LENGTH, PPL, PROXY, REPEAT, kl_label, pick_kl_metric
 
 KL = "kl"  # placeholder in TRACE_PANELS for the preferred KL metric, titled by what it measures (kl_label)

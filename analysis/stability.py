@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.load import wide_traces
+from analysis.frames import wide_traces
 from analysis.names import (ANALYSED, ENTROPY, GOLD, KL_PREFERENCE, LENGTH, PPL, PROXY, REPEAT, is_init_kl,
                             pick_kl_metric)
 

@@ -13,8 +13,8 @@ The sink's config holds the resolved config, ``trick/<group>`` keys and ``run_in
 schema_version, git_sha, started_at, overrides); its summary holds ``status`` and ``finished_at``. History rows
 are the metrics rows with their ``step``; wandb's own keys (``_step``, ``_runtime``...), non-numeric values and
 media (the samples tables, whose fields the .wandb log flattens to ``samples.<field>``) are dropped.
-The (runs row, metrics) pairs become frames through ``analysis.load.frames_from_runs``, as run directories do, so
-a run from before ``kl/init_*`` gets the same reader (``analysis.load.with_init_kl``, on ``trick/reference``).
+The (runs row, metrics) pairs become frames through ``analysis.frames.frames_from_runs``, as run directories do, so
+a run from before ``kl/init_*`` gets the same reader (``analysis.frames.with_init_kl``, on ``trick/reference``).
 ``wandb`` itself is imported only for the cloud API.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.load import flatten, frames_from_runs, metrics_frame
+from analysis.frames import flatten, frames_from_runs, metrics_frame
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ CASES = {"toy": 64, "125m": 16}  # case -> default batch size
 def build(case: str, batch: int):
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from rlhf_lab.data import prompt_stream
+    from rlhf_lab.build import prompt_stream
     from rlhf_lab.models import load_tokenizer, quiet_transformers
     from rlhf_lab.toy import stages
     from rlhf_lab.build import assemble, build_trainer

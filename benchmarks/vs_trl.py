@@ -438,7 +438,7 @@ def print_ratio(samples: dict[str, list[Sample]]) -> None:
 # ---------------------------------------------------------------- the two settings
 def run_toy(args: argparse.Namespace) -> None:
     cfg = compose_config(OURS + [f"ppo.temperature={args.temperature}", f"seed={args.seed}"])
-    from rlhf_lab.data import prompt_stream
+    from rlhf_lab.build import prompt_stream
     from rlhf_lab.toy import stages
 
     artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))

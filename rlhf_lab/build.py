@@ -9,19 +9,23 @@ benchmarks build their own).
 
 from __future__ import annotations
 
+import random
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from rlhf_lab.checks import check_batch_split
 from rlhf_lab.config import Config, OnOff, Reference, TaskKind
-from rlhf_lab.data import Stream, prompt_stream, sft_stream
+from rlhf_lab.data import Stream, read_jsonl_field
 from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, weight_soup, with_lora)
 from rlhf_lab.paths import cache_dir
+from rlhf_lab.preflight import PROMPT_FIELDS, SFT_FIELDS
 from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardModel, RewardModels, check_forward, hf_model
 from rlhf_lab.rollout import HFGenerate, generation_config, kv_cache
 from rlhf_lab.runtime import Runtime
+from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.trainer import PPOTrainer
 
 
@@ -133,6 +137,28 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
                       reward_model=reward_role, initial=initial_role, policy_optimizer=policy_optimizer,
                       critic_optimizer=critic_optimizer, engine=engine, tokenizer=tokenizer, prompts=prompts,
                       sft_examples=sft_examples, gold_reward=gold_reward)
+
+
+def prompt_stream(cfg: Config, language: ToyLanguage | None, hard_prompts: tuple[str, ...] = ()) -> Stream[str]:
+    """PPO's prompts: the toy language's (or, with [reference=mpo], drawn from MPO's hard prompts), or the
+    prompts file's, drawn with replacement."""
+    if hard_prompts:
+        return Stream(lambda rng: rng.choice(hard_prompts), cfg.seed)
+    if cfg.task.name == TaskKind.toy:
+        return Stream(language.sample_prompt, cfg.seed)
+    prompts = read_jsonl_field("task.prompts_file", cfg.task.prompts_file, *PROMPT_FIELDS)
+    return Stream(lambda rng: rng.choice(prompts), cfg.seed)
+
+
+def sft_stream(cfg: Config, language: ToyLanguage | None) -> Stream[tuple[str, str]]:
+    """(prompt, response) demonstrations for the ptx loss."""
+    if cfg.task.name == TaskKind.toy:
+        def draw(rng: random.Random) -> tuple[str, str]:
+            prompt = language.sample_prompt(rng)
+            return prompt, language.sample_response(rng, prompt)
+        return Stream(draw, cfg.seed + 1)
+    pairs = read_jsonl_field("task.sft_file", cfg.task.sft_file, *SFT_FIELDS)
+    return Stream(lambda rng: rng.choice(pairs), cfg.seed + 1)
 
 
 def adamw(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

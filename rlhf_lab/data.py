@@ -1,4 +1,5 @@
-"""Prompt and SFT-example streams for the PPO stage: a seeded draw function, resumable through its RNG state."""
+"""Data for the PPO stage: seeded streams resumable through their RNG state, JSONL rows, tokenised SFT batches.
+Which stream a task draws from (the toy language, a file) is chosen in build.py."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from typing import Callable, Generic, TypeVar
 
 import torch
 
-from rlhf_lab.config import Config, TaskKind
 from rlhf_lab.packing import pad_left
-from rlhf_lab.preflight import PROMPT_FIELDS, SFT_FIELDS, check_jsonl
-from rlhf_lab.toy.language import ToyLanguage
+from rlhf_lab.preflight import check_jsonl
 
 T = TypeVar("T")
 
@@ -47,28 +46,6 @@ def read_jsonl_field(key: str, path: str | Path, *fields: str) -> list:
     check_jsonl(key, str(path), fields)
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     return [tuple(row[f] for f in fields) if len(fields) > 1 else row[fields[0]] for row in rows]
-
-
-def prompt_stream(cfg: Config, language: ToyLanguage | None, hard_prompts: tuple[str, ...] = ()) -> Stream[str]:
-    """PPO's prompts: the toy language's (or, with [reference=mpo], drawn from MPO's hard prompts), or the
-    prompts file's, drawn with replacement."""
-    if hard_prompts:
-        return Stream(lambda rng: rng.choice(hard_prompts), cfg.seed)
-    if cfg.task.name == TaskKind.toy:
-        return Stream(language.sample_prompt, cfg.seed)
-    prompts = read_jsonl_field("task.prompts_file", cfg.task.prompts_file, *PROMPT_FIELDS)
-    return Stream(lambda rng: rng.choice(prompts), cfg.seed)
-
-
-def sft_stream(cfg: Config, language: ToyLanguage | None) -> Stream[tuple[str, str]]:
-    """(prompt, response) demonstrations for the ptx loss."""
-    if cfg.task.name == TaskKind.toy:
-        def draw(rng: random.Random) -> tuple[str, str]:
-            prompt = language.sample_prompt(rng)
-            return prompt, language.sample_response(rng, prompt)
-        return Stream(draw, cfg.seed + 1)
-    pairs = read_jsonl_field("task.sft_file", cfg.task.sft_file, *SFT_FIELDS)
-    return Stream(lambda rng: rng.choice(pairs), cfg.seed + 1)
 
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:
