@@ -15,10 +15,10 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import register_schema
-from rlhf_lab.paths import conf_dir
-from rlhf_lab.build import build_trainer
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import register_schema
+from rlhf_lab.config.paths import conf_dir
+from rlhf_lab.run.build import build_trainer
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def word_tokenizer(vocab: int):
 
 
 def prompt_drawer(vocab: int):
-    """draw(rng) -> a prompt of PROMPT_TOKENS random words (for rlhf_lab.data.Stream)."""
+    """draw(rng) -> a prompt of PROMPT_TOKENS random words (for rlhf_lab.engine.data.Stream)."""
     def draw(rng: random.Random) -> str:
         return " ".join(f"t{rng.randrange(vocab)}" for _ in range(PROMPT_TOKENS))
     return draw

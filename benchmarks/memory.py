@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vs_trl import OURS, compose_config, reset_peak_rss, rss_mib  # noqa: E402
 
-from rlhf_lab.paths import cache_dir  # noqa: E402
+from rlhf_lab.config.paths import cache_dir  # noqa: E402
 
 CASES = {"toy": 64, "125m": 16}  # case -> default batch size
 
@@ -40,11 +40,11 @@ CASES = {"toy": 64, "125m": 16}  # case -> default batch size
 def build(case: str, batch: int):
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from rlhf_lab.build import prompt_stream
-    from rlhf_lab.models import load_tokenizer, quiet_transformers
+    from rlhf_lab.run.build import prompt_stream
+    from rlhf_lab.engine.models import load_tokenizer, quiet_transformers
     from rlhf_lab.toy import stages
-    from rlhf_lab.build import assemble, build_trainer
-    from rlhf_lab.runtime import Runtime
+    from rlhf_lab.run.build import assemble, build_trainer
+    from rlhf_lab.engine.runtime import Runtime
 
     quiet_transformers()
     cfg = compose_config(OURS + [f"ppo.batch_size={batch}"])

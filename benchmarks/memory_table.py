@@ -7,7 +7,7 @@ and LoRA, for the README's table.
 Parameter counts come from the models' shapes (built on the meta device: nothing is downloaded or allocated).
 The four models have one backbone size: policy (causal LM), reference (the same), critic and reward model
 (sequence classification: the backbone and a one-output head), as in PPO-max's 7B runs. Bytes per parameter,
-as rlhf_lab's runtime keeps them at precision=bf16 (rlhf_lab/runtime.py):
+as rlhf_lab's runtime keeps them at precision=bf16 (rlhf_lab/engine/runtime.py):
 - a trained model: fp32 weights 4 + fp32 gradients 4 + AdamW moments 8 = 16; divided by W under FSDP;
 - a LoRA-wrapped model: its frozen fp32 base 4 (/W under FSDP), plus 16 per adapter parameter;
 - a frozen model (reference, reward model): bf16 weights 2, replicated; /W with distributed.shard_frozen;

@@ -14,18 +14,18 @@ import random
 import torch
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import PolicyFilter, RewardEnsemble, register_schema
-from rlhf_lab.data import encode
-from rlhf_lab.metrics import r_squared
-from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, quiet_transformers
-from rlhf_lab.packing import pack, pad_left
-from rlhf_lab.paths import cache_dir, conf_dir
-from rlhf_lab.roles import RewardModels
-from rlhf_lab.roles import RewardModel
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import PolicyFilter, RewardEnsemble, register_schema
+from rlhf_lab.engine.data import encode
+from rlhf_lab.algo.metrics import r_squared
+from rlhf_lab.engine.models import load_policy, load_reward_model, load_tokenizer, quiet_transformers
+from rlhf_lab.engine.packing import pack, pad_left
+from rlhf_lab.config.paths import cache_dir, conf_dir
+from rlhf_lab.engine.roles import RewardModels
+from rlhf_lab.engine.roles import RewardModel
 from rlhf_lab.toy import stages
 from rlhf_lab.toy.gold import GoldReward
-from rlhf_lab.tricks import ENSEMBLES, FILTERS
+from rlhf_lab.algo.tricks import ENSEMBLES, FILTERS
 
 
 @torch.no_grad()

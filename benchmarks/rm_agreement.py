@@ -15,9 +15,9 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import register_schema
-from rlhf_lab.paths import cache_dir, conf_dir
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import register_schema
+from rlhf_lab.config.paths import cache_dir, conf_dir
 from rlhf_lab.toy import stages
 
 

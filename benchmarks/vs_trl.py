@@ -132,10 +132,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import Config, register_schema
-from rlhf_lab.paths import cache_dir, conf_dir
-from rlhf_lab.build import build_trainer
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import Config, register_schema
+from rlhf_lab.config.paths import cache_dir, conf_dir
+from rlhf_lab.run.build import build_trainer
 
 OURS = ["preset=vanilla", "kl_penalty=token", "kl_penalty.coef=0.05", "kl_penalty.estimator=k1",
         "policy_clip=ppo", "policy_clip.eps=0.2", "value_clip=on", "value_clip.eps=0.2", "adv_norm=whiten",
@@ -221,7 +221,7 @@ class TRL:
     def __init__(self, cfg: Config, sft_dir: Path, rm_dir: Path, prompts: list[str], iterations: int, out: Path):
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        from rlhf_lab.models import load_tokenizer
+        from rlhf_lab.engine.models import load_tokenizer
 
         tokenizer = load_tokenizer(sft_dir)
         ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -345,9 +345,9 @@ class OursOnModels(Ours):
     def __init__(self, cfg: Config, policy, reward_model, tokenizer, prompts, vocab: int):
         from gpu_setting import copy_as
 
-        from rlhf_lab.build import assemble
-        from rlhf_lab.models import quiet_transformers
-        from rlhf_lab.runtime import Runtime
+        from rlhf_lab.run.build import assemble
+        from rlhf_lab.engine.models import quiet_transformers
+        from rlhf_lab.engine.runtime import Runtime
 
         torch.manual_seed(cfg.seed)
         runtime = Runtime.create(cfg.device, cfg.precision)
@@ -438,7 +438,7 @@ def print_ratio(samples: dict[str, list[Sample]]) -> None:
 # ---------------------------------------------------------------- the two settings
 def run_toy(args: argparse.Namespace) -> None:
     cfg = compose_config(OURS + [f"ppo.temperature={args.temperature}", f"seed={args.seed}"])
-    from rlhf_lab.build import prompt_stream
+    from rlhf_lab.run.build import prompt_stream
     from rlhf_lab.toy import stages
 
     artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))
@@ -470,7 +470,7 @@ def run_gpu_setting(args: argparse.Namespace) -> None:
     from gpu_setting import (PROMPT_TOKENS, RESPONSE_TOKENS, build_models, copy_as, matmul_params, peak_bf16_flops,
                              prompt_drawer, vocab_size, word_tokenizer)
 
-    from rlhf_lab.data import Stream
+    from rlhf_lab.engine.data import Stream
 
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():

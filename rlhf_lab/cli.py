@@ -12,10 +12,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import Config, ConfigError, register_schema
-from rlhf_lab.paths import conf_dir
-from rlhf_lab import preflight, sweep_summary
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import Config, ConfigError, register_schema
+from rlhf_lab.config.paths import conf_dir
+from rlhf_lab.config import preflight
+from rlhf_lab.run import sweep_summary
 
 log = logging.getLogger("rlhf_lab")
 
@@ -30,7 +31,7 @@ def _app(dict_cfg: DictConfig) -> str:
     except (ConfigError, OmegaConfBaseException) as err:
         _config_error(err)
     _preflight(cfg)
-    from rlhf_lab.train import run  # heavy imports (torch, transformers) only after validation
+    from rlhf_lab.run.train import run  # heavy imports (torch, transformers) only after validation
 
     status = run(cfg)
     # A single run's exit code says how it ended; inside a sweep the other runs go on.

@@ -6,9 +6,9 @@
 A critic-free estimator (adv_estimator != gae) has no critic: `critic` is None, and its passes, its update and
 its metrics are skipped.
 
-Every trick is asked of `Tricks` (rlhf_lab.tricks) at the place it applies, marked [group]. Where the work runs
-(device, precision, offloading, clocks) is asked of `Runtime` (rlhf_lab.runtime); the models arrive as role
-modules (rlhf_lab.roles) and with their optimisers, built by rlhf_lab.build.
+Every trick is asked of `Tricks` (rlhf_lab.algo.tricks) at the place it applies, marked [group]. Where the work runs
+(device, precision, offloading, clocks) is asked of `Runtime` (rlhf_lab.engine.runtime); the models arrive as role
+modules (rlhf_lab.engine.roles) and with their optimisers, built by rlhf_lab.run.build.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from rlhf_lab import ppo
-from rlhf_lab.config import AdvEstimator, Config, CriticPretrain, KLEstimator, Precision
-from rlhf_lab.data import Stream, encode, sft_batch
-from rlhf_lab.metrics import fetch, r_squared, rollout_metrics
-from rlhf_lab.packing import pack, pad_left, response_mask
-from rlhf_lab.roles import lm_loss
-from rlhf_lab.rollout import RolloutEngine
-from rlhf_lab.runtime import Runtime
-from rlhf_lab.tricks import Tricks
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import AdvEstimator, Config, CriticPretrain, KLEstimator, Precision
+from rlhf_lab.engine.data import Stream, encode, sft_batch
+from rlhf_lab.algo.metrics import fetch, r_squared, rollout_metrics
+from rlhf_lab.engine.packing import pack, pad_left, response_mask
+from rlhf_lab.engine.roles import lm_loss
+from rlhf_lab.engine.rollout import RolloutEngine
+from rlhf_lab.engine.runtime import Runtime
+from rlhf_lab.algo.tricks import Tricks
 
 
 class Diverged(RuntimeError):
@@ -126,7 +126,7 @@ class PPOTrainer:
         attention = torch.cat([query_mask, mask.long()], dim=1)
         n = tokens.shape[1]
 
-        packing = pack(ids, attention)  # one packing (rlhf_lab.packing) for the scoring passes
+        packing = pack(ids, attention)  # one packing (rlhf_lab.engine.packing) for the scoring passes
         gather = runtime.gather
         frozen = [m for m in (self.reference, self.reward_model, self.initial) if m is not None]
         # no_grad (the method's), not inference_mode: FSDP's gathered weights are reused by the training passes

@@ -2,7 +2,7 @@
 build the site with MkDocs in strict mode (a broken link or a missing page fails).
 
 - docs/tricks.md: the table of trick groups and options, from conf/ (each option file's first-line comment),
-  each group's settings with their defaults and comments (from its dataclass in rlhf_lab/config.py, their one
+  each group's settings with their defaults and comments (from its dataclass in rlhf_lab/config/schema.py, their one
   home) and the presets' header comments and overrides, inside the hand-written text of
   scripts/docs/tricks.md.in.
 - docs/results/<name>.md: one page per folder of benchmarks/results/ that holds a page.md (the hand-written
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONF, DOCS, RESULTS = ROOT / "conf", ROOT / "docs", ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
-from rlhf_lab.config import TRICK_GROUPS, Config  # noqa: E402  (the order of the groups: the pipeline's)
+from rlhf_lab.config.schema import TRICK_GROUPS, Config  # noqa: E402  (the order of the groups: the pipeline's)
 
 INCLUDE = re.compile(r"^<!-- include: (\S+) -->$", re.MULTILINE)
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.(?:png|svg))\)")

@@ -11,14 +11,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from rlhf_lab.build import assemble
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import Config, register_schema
-from rlhf_lab.data import Stream
-from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic, quiet_transformers
-from rlhf_lab.paths import conf_dir
+from rlhf_lab.run.build import assemble
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import Config, register_schema
+from rlhf_lab.engine.data import Stream
+from rlhf_lab.engine.models import load_policy, load_reward_model, load_tokenizer, make_critic, quiet_transformers
+from rlhf_lab.config.paths import conf_dir
 from rlhf_lab.toy.language import ToyLanguage
-from rlhf_lab.runtime import Runtime
+from rlhf_lab.engine.runtime import Runtime
 from rlhf_lab.toy.stages import build_tokenizer
 from rlhf_lab.trainer import PPOTrainer
 
@@ -58,7 +58,7 @@ def train_three_and_resume(checkpoints, tmp_path, *overrides):
     checkpoint folder)."""
     import math
 
-    from rlhf_lab import checkpoint
+    from rlhf_lab.run import checkpoint
 
     trainer = tiny_trainer(checkpoints, *overrides)
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}

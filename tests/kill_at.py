@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from rlhf_lab import checkpoint, rundir
+from rlhf_lab.run import checkpoint, rundir
 from rlhf_lab.cli import main
 
 moment, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 import yaml
 from hydra.errors import ConfigCompositionException
 
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import TRICK_GROUPS, Config, ConfigError, register_schema
-from rlhf_lab.paths import conf_dir
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import TRICK_GROUPS, Config, ConfigError, register_schema
+from rlhf_lab.config.paths import conf_dir
 
 register_schema()
 PRESETS = tuple(sorted(p.stem for p in (conf_dir() / "preset").glob("*.yaml")))
@@ -190,7 +190,7 @@ def test_a_plain_wheel_install_finds_its_config_tree(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    where = subprocess.run([sys.executable, "-c", "from rlhf_lab.paths import conf_dir; print(conf_dir())"],
+    where = subprocess.run([sys.executable, "-c", "from rlhf_lab.config.paths import conf_dir; print(conf_dir())"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(tmp_path / "site")) and Path(where, "sweep", "smoke.yaml").is_file()
     out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "--cfg", "job", "preset=vanilla", "sweep=smoke"],

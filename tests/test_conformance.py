@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import make_config
-from rlhf_lab import ppo
-from rlhf_lab.config import KLEstimator, LossAgg
-from rlhf_lab.tricks import Tricks
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import KLEstimator, LossAgg
+from rlhf_lab.algo.tricks import Tricks
 
 
 def tricks(*overrides: str) -> Tricks:

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import make_config, tiny_trainer
-from rlhf_lab.config import ConfigError
-from rlhf_lab.launch import free_port
-from rlhf_lab.rundir import read_jsonl
+from rlhf_lab.config.schema import ConfigError
+from rlhf_lab.run.launch import free_port
+from rlhf_lab.run.rundir import read_jsonl
 
 TESTS = Path(__file__).resolve().parent
 

@@ -32,7 +32,7 @@ def test_every_option_file_says_what_it_does():
     from build_docs import tricks_table
 
     rows = tricks_table().splitlines()[2:]
-    from rlhf_lab.config import TRICK_GROUPS
+    from rlhf_lab.config.schema import TRICK_GROUPS
 
     expected = sum(len(list((ROOT / "conf" / group).glob("*.yaml"))) for group in TRICK_GROUPS)
     assert len(rows) == expected and all(row.count("|") >= 4 and len(row.split("|")[3].strip()) > 10

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_config
-from rlhf_lab.config import TRICK_GROUPS
-from rlhf_lab.rundir import read_jsonl
-from rlhf_lab.train import arm_label
+from rlhf_lab.config.schema import TRICK_GROUPS
+from rlhf_lab.run.rundir import read_jsonl
+from rlhf_lab.run.train import arm_label
 
 TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task.rm.epochs=1",
         "task.dpo.pairs=200", "task.dpo.epochs=1", "task.dpo.batch_size=32",

@@ -1,11 +1,11 @@
-"""Advantage estimators, loss aggregation and overlong handling as switches (rlhf_lab.tricks, rlhf_lab.trainer):
+"""Advantage estimators, loss aggregation and overlong handling as switches (rlhf_lab.algo.tricks, rlhf_lab.trainer):
 the estimators against values worked out by hand on token rewards, and every option through the trainer."""
 
 import pytest
 import torch
 
 from conftest import make_config, train_three_and_resume
-from rlhf_lab.tricks import Tricks
+from rlhf_lab.algo.tricks import Tricks
 
 # 4 responses (2 prompts x 2 samples), 3 token positions; response 1 has 2 tokens, the others 3
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
@@ -38,8 +38,8 @@ def test_overlong_filter_and_soft_penalty():
 
 
 def test_group_options_need_groups_and_critic_options_warn():
-    from rlhf_lab.checks import validate
-    from rlhf_lab.config import ConfigError
+    from rlhf_lab.config.checks import validate
+    from rlhf_lab.config.schema import ConfigError
 
     for option in ("adv_estimator=grpo", "adv_estimator=rloo"):
         with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
@@ -86,7 +86,7 @@ def test_a_critic_free_preset_runs_end_to_end(tmp_path, preset):
     import json
 
     from test_e2e import train
-    from rlhf_lab.rundir import read_jsonl
+    from rlhf_lab.run.rundir import read_jsonl
 
     run_dir = tmp_path / "run"
     out = train(run_dir, tmp_path / "cache", f"preset={preset}", "iterations=3")

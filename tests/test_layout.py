@@ -1,4 +1,5 @@
-"""The import structure: no module of rlhf_lab/ or analysis/ imports another that (directly or through others)
+"""The import structure (docs/architecture.md, "Layout"): rlhf_lab's sub-packages in layers that import only
+downward (config < algo < engine < toy < trainer < run < cli); no module of rlhf_lab/ or analysis/ imports another that (directly or through others)
 imports it back, lazy imports inside functions included; no sub-package (rlhf_lab/toy/) is imported by a module it
 imports; and analysis/ never imports torch or rlhf_lab."""
 
@@ -90,6 +91,18 @@ def collapsed(edges: dict[str, set[str]]) -> dict[str, set[str]]:
 
 def test_no_sub_package_is_imported_back():
     assert cycles(collapsed(graph())) == []
+
+
+# rlhf_lab's layers, lowest first: a module imports only from its own layer or from lower ones
+LAYERS = ("rlhf_lab.config", "rlhf_lab.algo", "rlhf_lab.engine", "rlhf_lab.toy", "rlhf_lab.trainer", "rlhf_lab.run",
+          "rlhf_lab.cli")
+
+
+def test_rlhf_lab_imports_only_downward():
+    edges = collapsed(graph())
+    assert set(LAYERS) == {node for node in edges if node.startswith("rlhf_lab.")}  # every module has a layer
+    upward = [(a, b) for a in LAYERS for b in edges[a] if b in LAYERS and LAYERS.index(b) > LAYERS.index(a)]
+    assert upward == []
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import tiny_trainer
-from rlhf_lab import checkpoint
-from rlhf_lab.packing import pack
+from rlhf_lab.run import checkpoint
+from rlhf_lab.engine.packing import pack
 
 
 def frozen_and_trained(module):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhf_lab import metrics, ppo
-from rlhf_lab.config import KLEstimator
+from rlhf_lab.algo import metrics, ppo
+from rlhf_lab.config.schema import KLEstimator
 
 EOS = 1
 

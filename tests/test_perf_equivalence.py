@@ -33,13 +33,13 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_config  # noqa: E402
 
-from rlhf_lab import ppo  # noqa: E402
-from rlhf_lab.data import Stream  # noqa: E402
-from rlhf_lab.build import assemble  # noqa: E402
-from rlhf_lab.models import load_policy, load_reward_model, load_tokenizer, make_critic  # noqa: E402
-from rlhf_lab.packing import pack, position_ids  # noqa: E402
-from rlhf_lab.roles import check_forward  # noqa: E402
-from rlhf_lab.runtime import Runtime  # noqa: E402
+from rlhf_lab.algo import ppo  # noqa: E402
+from rlhf_lab.engine.data import Stream  # noqa: E402
+from rlhf_lab.run.build import assemble  # noqa: E402
+from rlhf_lab.engine.models import load_policy, load_reward_model, load_tokenizer, make_critic  # noqa: E402
+from rlhf_lab.engine.packing import pack, position_ids  # noqa: E402
+from rlhf_lab.engine.roles import check_forward  # noqa: E402
+from rlhf_lab.engine.runtime import Runtime  # noqa: E402
 from rlhf_lab.toy.language import ToyLanguage  # noqa: E402
 from rlhf_lab.toy.stages import build_tokenizer  # noqa: E402
 from rlhf_lab.trainer import PPOTrainer  # noqa: E402
@@ -240,8 +240,8 @@ if __name__ == "__main__" and "--record" in sys.argv:
     import pprint
     import tempfile
 
-    from rlhf_lab.config import register_schema
-    from rlhf_lab.models import quiet_transformers
+    from rlhf_lab.config.schema import register_schema
+    from rlhf_lab.engine.models import quiet_transformers
 
     register_schema()
     quiet_transformers()

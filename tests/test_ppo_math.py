@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from rlhf_lab import ppo
-from rlhf_lab.config import KLEstimator
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import KLEstimator
 
 
 def naive_gae(rewards, values, lengths, gamma, lam):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlhf_lab import preflight
-from rlhf_lab.checks import to_config
-from rlhf_lab.config import ConfigError, register_schema
-from rlhf_lab.paths import conf_dir
+from rlhf_lab.config import preflight
+from rlhf_lab.config.checks import to_config
+from rlhf_lab.config.schema import ConfigError, register_schema
+from rlhf_lab.config.paths import conf_dir
 
 register_schema()
 SWEEPS = sorted(p.stem for p in (conf_dir() / "sweep").glob("*.yaml"))
@@ -58,7 +58,7 @@ def test_cli_rejects_missing_hf_checkpoints_before_loading(tmp_path):
 
 
 def test_the_checks_import_neither_torch_nor_transformers():
-    code = ("import sys; import rlhf_lab.cli, rlhf_lab.preflight; "
+    code = ("import sys; import rlhf_lab.cli, rlhf_lab.config.preflight; "
             "assert not {'torch', 'transformers'} & set(sys.modules), 'imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

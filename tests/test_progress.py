@@ -9,9 +9,9 @@ import threading
 
 from filelock import FileLock
 
-from rlhf_lab import progress
-from rlhf_lab.artifacts import cached_build, spec_hash
-from rlhf_lab.progress import Progress
+from rlhf_lab.engine import progress
+from rlhf_lab.toy.artifacts import cached_build, spec_hash
+from rlhf_lab.engine.progress import Progress
 
 
 class Terminal(io.StringIO):
@@ -20,7 +20,7 @@ class Terminal(io.StringIO):
 
 
 def lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "rlhf_lab.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "rlhf_lab.engine.progress"]
 
 
 def count(bar: Progress, steps: int) -> None:

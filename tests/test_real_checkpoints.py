@@ -15,14 +15,14 @@ from transformers import (AutoModelForSequenceClassification, CohereConfig, Cohe
                           Gemma2ForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel)
 
 from conftest import make_config
-from rlhf_lab import ppo
-from rlhf_lab.data import encode
-from rlhf_lab.packing import pack, pad_left
-from rlhf_lab.roles import check_forward
-from rlhf_lab.rollout import HFGenerate, generation_config
+from rlhf_lab.algo import ppo
+from rlhf_lab.engine.data import encode
+from rlhf_lab.engine.packing import pack, pad_left
+from rlhf_lab.engine.roles import check_forward
+from rlhf_lab.engine.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.toy.stages import build_tokenizer
-from rlhf_lab.build import build_trainer
+from rlhf_lab.run.build import build_trainer
 
 TOL = 1e-4
 

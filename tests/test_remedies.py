@@ -10,11 +10,11 @@ import torch
 from scipy import stats
 
 from conftest import make_config, tiny_trainer, train_three_and_resume
-from rlhf_lab import ppo
-from rlhf_lab.checks import validate
-from rlhf_lab.config import ConfigError
-from rlhf_lab.metrics import r_squared
-from rlhf_lab.models import weight_soup
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.checks import validate
+from rlhf_lab.config.schema import ConfigError
+from rlhf_lab.algo.metrics import r_squared
+from rlhf_lab.engine.models import weight_soup
 
 # 2 responses (rows) x 3 members
 MEMBERS = torch.tensor([[1.0, 2.0, 6.0], [0.0, -1.0, 1.0]])
@@ -25,7 +25,7 @@ MEMBERS = torch.tensor([[1.0, 2.0, 6.0], [0.0, -1.0, 1.0]])
     ("off", [1.0, 0.0]), ("mean", [3.0, 0.0]), ("min", [1.0, -1.0]),
     ("mean_minus_std", [3 - math.sqrt(7), -1.0]), ("mean_min", [2.0, -0.5])])
 def test_the_option_picks_its_aggregation(option, expected):
-    from rlhf_lab.tricks import Tricks
+    from rlhf_lab.algo.tricks import Tricks
 
     overrides = [f"reward_ensemble={option}"] + (["reward_ensemble.size=3"] if option != "off" else [])
     scores = MEMBERS if option != "off" else MEMBERS[:, :1]
@@ -154,7 +154,7 @@ def test_the_ensemble_scores_with_every_member(tiny_checkpoints):
     trainer = tiny_trainer(tiny_checkpoints, "reward_ensemble=mean_min", "reward_ensemble.size=2",
                            "reward_ensemble.lam=0.3")
     batch = trainer.rollout()
-    from rlhf_lab.packing import pack
+    from rlhf_lab.engine.packing import pack
 
     with torch.no_grad():
         alone = torch.stack([member(pack(batch.ids, batch.attention)) for member in trainer.reward_model.members], 1)
@@ -176,7 +176,7 @@ def stage_cache(tmp_path_factory):
                                     ("reference=soup",), ("reference=mpo",)])
 def test_every_remedy_runs_end_to_end(stage_cache, tmp_path, preset, remedy):
     from test_e2e import train
-    from rlhf_lab.rundir import read_jsonl
+    from rlhf_lab.run.rundir import read_jsonl
 
     run_dir = tmp_path / "run"
     out = train(run_dir, stage_cache, f"preset={preset}", *remedy, "iterations=3")
@@ -255,8 +255,8 @@ def test_remedies_on_local_hf_checkpoints(tiny_checkpoints, tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    from rlhf_lab.build import load_reference
-    from rlhf_lab.rundir import read_jsonl
+    from rlhf_lab.run.build import load_reference
+    from rlhf_lab.run.rundir import read_jsonl
 
     sft_dir, rm_dir = tiny_checkpoints
     other = tmp_path / "other_sft"

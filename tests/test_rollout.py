@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf_lab import ppo
-from rlhf_lab.data import encode
-from rlhf_lab.models import load_tokenizer
-from rlhf_lab.packing import pad_left
-from rlhf_lab.rollout import HFGenerate, StepLogprobs, generation_config
+from rlhf_lab.algo import ppo
+from rlhf_lab.engine.data import encode
+from rlhf_lab.engine.models import load_tokenizer
+from rlhf_lab.engine.packing import pad_left
+from rlhf_lab.engine.rollout import HFGenerate, StepLogprobs, generation_config
 
 
 @pytest.mark.parametrize("late_steps", [0, 1])

@@ -10,11 +10,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from conftest import make_config, tiny_trainer
-from rlhf_lab import ppo
-from rlhf_lab.config import ConfigError, Device, Precision, RolloutCache
-from rlhf_lab.packing import pack
-from rlhf_lab.rollout import kv_cache
-from rlhf_lab.runtime import Runtime
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import ConfigError, Device, Precision, RolloutCache
+from rlhf_lab.engine.packing import pack
+from rlhf_lab.engine.rollout import kv_cache
+from rlhf_lab.engine.runtime import Runtime
 
 RLHF_LAB = Path(__file__).resolve().parents[1] / "rlhf_lab"
 
@@ -137,7 +137,7 @@ def test_the_loop_creates_no_tensor_away_from_the_models(tiny_checkpoints, overr
 
 def test_the_factory_check_sees_a_tensor_made_without_a_device():
     """The check above can fail: a factory called from rlhf_lab without `device` is recorded."""
-    from rlhf_lab import ppo
+    from rlhf_lab.algo import ppo
 
     with FactoryCalls() as calls:
         ppo.masked_mean(torch.ones(3), torch.ones(3))  # called from here: not rlhf_lab code

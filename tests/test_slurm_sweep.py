@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rlhf_lab.rundir import read_jsonl
+from rlhf_lab.run.rundir import read_jsonl
 from test_sweeps import TINY
 
 pytestmark = pytest.mark.slurm

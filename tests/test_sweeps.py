@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_lab.artifacts import cached_build
-from rlhf_lab.rundir import read_jsonl
+from rlhf_lab.toy.artifacts import cached_build
+from rlhf_lab.run.rundir import read_jsonl
 
 TINY = ["task.sft.examples=300", "task.sft.epochs=1", "task.rm.pairs=150", "task.rm.epochs=1",
         "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",

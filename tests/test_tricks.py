@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import make_config, tiny_trainer
-from rlhf_lab import ppo
-from rlhf_lab.config import ConfigError, KLEstimator
-from rlhf_lab.data import Stream, sft_batch
-from rlhf_lab.packing import pack
-from rlhf_lab.roles import lm_loss
-from rlhf_lab.tricks import Tricks
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import ConfigError, KLEstimator
+from rlhf_lab.engine.data import Stream, sft_batch
+from rlhf_lab.engine.packing import pack
+from rlhf_lab.engine.roles import lm_loss
+from rlhf_lab.algo.tricks import Tricks
 
 BATCH_1, BATCH_2 = torch.tensor([1.0, 2.0, 3.0, 6.0]), torch.tensor([-2.0, 0.0])
 

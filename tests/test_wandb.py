@@ -17,9 +17,9 @@ from analysis import load_runs, run_stability
 from analysis.cli import main as report_main
 from analysis.load import _natural_key
 from analysis.wandb_runs import read_attempt, wandb_cli
-from rlhf_lab.rundir import RunDir, read_jsonl
-from rlhf_lab.config import Config, LoggerKind
-from rlhf_lab.wandb_sink import WandbSink, sweep_group, trick_tags
+from rlhf_lab.run.rundir import RunDir, read_jsonl
+from rlhf_lab.config.schema import Config, LoggerKind
+from rlhf_lab.run.wandb_sink import WandbSink, sweep_group, trick_tags
 
 TINY = ["task.sft.examples=400", "task.sft.epochs=1", "task.rm.pairs=200", "task.rm.epochs=1",
         "model.hidden_size=32", "model.layers=2", "model.heads=2", "model.intermediate_size=64",
@@ -344,8 +344,8 @@ def test_a_wandb_error_mid_run_is_one_warning_then_silence(tmp_path, caplog):
 
 
 def test_logger_local_never_imports_wandb(tmp_path):
-    code = ("import sys; from rlhf_lab.config import Config; from rlhf_lab.rundir import RunDir; "
-            "from rlhf_lab.wandb_sink import WandbSink; import analysis; "
+    code = ("import sys; from rlhf_lab.config.schema import Config; from rlhf_lab.run.rundir import RunDir; "
+            "from rlhf_lab.run.wandb_sink import WandbSink; import analysis; "
             f"d = RunDir({str(tmp_path)!r}); d.write_info({{'run_id': 'r', 'arm': 'a', 'seed': 0}}); "
             "assert not WandbSink.open(Config(), d).active; assert 'wandb' not in sys.modules, 'imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -24,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from rlhf_lab import sweep_summary as summary
+from rlhf_lab.run import sweep_summary as summary
 
 
 @dataclass

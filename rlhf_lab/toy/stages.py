@@ -31,15 +31,15 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoModelForSequenceClassification, PreTrainedTokenizerFast, Starcoder2Config,
                           Starcoder2ForCausalLM)
 
-from rlhf_lab.artifacts import cached_build, code_fingerprint
-from rlhf_lab import ppo
-from rlhf_lab.config import Config, Reference
-from rlhf_lab.data import encode, sft_batch
-from rlhf_lab.models import load_policy, load_reward_model, weight_soup
-from rlhf_lab.packing import pack, pad_left, response_mask
-from rlhf_lab.progress import Progress
-from rlhf_lab.roles import Policy, RewardModel, lm_loss, sequence_logprobs
-from rlhf_lab.rollout import HFGenerate, generation_config
+from rlhf_lab.toy.artifacts import cached_build, code_fingerprint
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import Config, Reference
+from rlhf_lab.engine.data import encode, sft_batch
+from rlhf_lab.engine.models import load_policy, load_reward_model, weight_soup
+from rlhf_lab.engine.packing import pack, pad_left, response_mask
+from rlhf_lab.engine.progress import Progress
+from rlhf_lab.engine.roles import Policy, RewardModel, lm_loss, sequence_logprobs
+from rlhf_lab.engine.rollout import HFGenerate, generation_config
 from rlhf_lab.toy.gold import GoldReward
 from rlhf_lab.toy.language import ToyLanguage
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
-from rlhf_lab import ppo
-from rlhf_lab.config import RolloutCache
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import RolloutCache
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class HFGenerate:
     """transformers' `generate` as a rollout engine (see the module docstring)."""
 
     def __init__(self, policy: PreTrainedModel | nn.Module, gen_config: GenerationConfig):
-        """`policy`: a causal LM, or the Policy role around one (rlhf_lab.roles), whose `generate` enters
+        """`policy`: a causal LM, or the Policy role around one (rlhf_lab.engine.roles), whose `generate` enters
         through the role: a sharded policy gathers its weights there."""
         self.model = getattr(policy, "hf", policy)  # the transformers model (its generation config)
         use_only(self.model, gen_config)

@@ -30,15 +30,15 @@ from hydra.core.override_parser.types import ValueType
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from rlhf_lab.config import Config, ConfigError, ModelKind, TaskKind
-from rlhf_lab.paths import cache_dir, conf_dir
+from rlhf_lab.config.schema import Config, ConfigError, ModelKind, TaskKind
+from rlhf_lab.config.paths import cache_dir, conf_dir
 
 SWEEP_GROUP = "sweep"
 _SWEEP_ARG = re.compile(rf"^\+*{SWEEP_GROUP}=")
 # A Hugging Face hub id: "name" or "namespace/name", as huggingface_hub.utils.validate_repo_id accepts it.
 _HUB_ID = re.compile(r"^(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b$")
 _PATH_PREFIXES = ("/", "./", "../", "~")
-PROMPT_FIELDS = ("prompt",)  # what rlhf_lab.data reads from task.prompts_file
+PROMPT_FIELDS = ("prompt",)  # what rlhf_lab.engine.data reads from task.prompts_file
 SFT_FIELDS = ("prompt", "response")  # ... and from task.sft_file
 
 
@@ -122,7 +122,7 @@ def check_checkpoint(key: str, value: str) -> None:
 
 def check_jsonl(key: str, path: str, fields: tuple[str, ...]) -> None:
     """`path` is a readable JSONL file with at least one row; every non-blank line is a JSON object whose
-    `fields` are strings; the error names the first bad line. rlhf_lab.data reads the files after this check."""
+    `fields` are strings; the error names the first bad line. rlhf_lab.engine.data reads the files after this check."""
     expected = f"a JSONL file, one JSON object with string {' and '.join(map(repr, fields))} per line"
     try:
         lines = Path(path).read_text().splitlines()

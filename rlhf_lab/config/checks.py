@@ -1,6 +1,6 @@
 """The rules that span config nodes, in one place, run when Hydra has composed the config (`to_config`).
 
-A node's own ranges are checked in its `__post_init__` (rlhf_lab/config.py); everything that relates two nodes
+A node's own ranges are checked in its `__post_init__` (rlhf_lab/config/schema.py); everything that relates two nodes
 is here: contradictions raise `ConfigError` naming the key, suspicious combinations come back as warnings. Two
 rules need the machine and run again when it is known: `check_device` (what `device=auto` became) and
 `check_batch_split` (the ranks a launcher started). Nothing here imports torch.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_lab.config import (
+from rlhf_lab.config.schema import (
     TRICK_GROUPS, AdvNorm, Config, ConfigError, CriticInit, CriticPretrain, Device, Distributed, KLEstimator,
     KLPenalty, ModelKind, OnOff, Overlong, PolicyClip, Precision, Reference, RewardEnsemble, RewardNorm,
     RewardScaling, TaskKind,

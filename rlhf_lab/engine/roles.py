@@ -4,7 +4,7 @@ DDP synchronises gradients, FSDP gathers parameters and accelerate applies autoc
 module's own forward: a helper that reached past it (`model.base_model`, `.score`) would skip all three. So
 every pass PPO makes through a model goes through its role's `forward`, and the runtime wraps the roles.
 
-All passes take a `Packing` (rlhf_lab.packing) of a (B, T) batch: one packing serves every role that reads
+All passes take a `Packing` (rlhf_lab.engine.packing) of a (B, T) batch: one packing serves every role that reads
 the same batch. Positions where the batch's mask is 0 hold finite filler: mask them.
 """
 
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_lab import ppo
-from rlhf_lab.packing import Packing, pack, position_ids
+from rlhf_lab.algo import ppo
+from rlhf_lab.engine.packing import Packing, pack, position_ids
 
 
 def hf_model(model: nn.Module) -> PreTrainedModel:

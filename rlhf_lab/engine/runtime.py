@@ -41,8 +41,8 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
-from rlhf_lab.checks import check_device
-from rlhf_lab.config import ConfigError, Device, Distributed, Precision
+from rlhf_lab.config.checks import check_device
+from rlhf_lab.config.schema import ConfigError, Device, Distributed, Precision
 
 MIXED_PRECISION = {Precision.fp32: "no", Precision.bf16: "bf16", Precision.fp16: "fp16"}
 COMPUTE_DTYPE = {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -69,7 +69,7 @@ class Runtime:
 
     @classmethod
     def from_config(cls, cfg) -> "Runtime":
-        """The runtime a run's config asks for (rlhf_lab.config.Config)."""
+        """The runtime a run's config asks for (rlhf_lab.config.schema.Config)."""
         return cls.create(cfg.device, cfg.precision, cfg.model.offload_frozen, cfg.distributed.name,
                           cfg.distributed.shard_frozen)
 

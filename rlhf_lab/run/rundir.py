@@ -3,7 +3,7 @@
     run.json        rewritten atomically (temp file + rename) at every status change
     metrics.jsonl   one JSON object per PPO iteration, appended, flushed and fsynced
     samples.jsonl   sample responses every N iterations
-    checkpoints/    latest resumable checkpoint (see rlhf_lab.checkpoint)
+    checkpoints/    latest resumable checkpoint (see rlhf_lab.run.checkpoint)
 A kill at any moment leaves at worst a torn last line in a .jsonl file, which readers ignore.
 """
 

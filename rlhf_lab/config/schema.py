@@ -5,7 +5,7 @@ time, naming the key. An option's YAML (`conf/<group>/<option>.yaml`) sets `name
 defaults have one home: the field comments below (tests/test_config.py holds the YAML to that). A trick
 group's node subclasses `Trick`: `TRICK_GROUPS` is read from the schema, and what a trick asks of the rest
 (groups of responses, a critic) is a property of its node. Range checks of one node live in its
-`__post_init__` (run by `OmegaConf.to_object`); the rules that span nodes live in `rlhf_lab/checks.py`. Both run
+`__post_init__` (run by `OmegaConf.to_object`); the rules that span nodes live in `rlhf_lab/config/checks.py`. Both run
 before any model is loaded.
 """
 
@@ -617,7 +617,7 @@ class Config:
     arm: Optional[str] = None  # human label of the ablation arm (default: derived from the overrides)
     cache_dir: Optional[str] = None  # where sft/rm artefacts are cached (default: $RLHF_LAB_CACHE or ~/.cache/rlhf-lab)
     device: Device = Device.auto  # auto (cuda when present) | cpu | cuda
-    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16 (fp16: cuda only); see rlhf_lab/runtime.py
+    precision: Precision = Precision.fp32  # fp32 | bf16 | fp16 (fp16: cuda only); see rlhf_lab/engine/runtime.py
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)

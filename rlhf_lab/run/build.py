@@ -15,16 +15,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf_lab.checks import check_batch_split
-from rlhf_lab.config import Config, OnOff, Reference, TaskKind
-from rlhf_lab.data import Stream, read_jsonl_field
-from rlhf_lab.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
+from rlhf_lab.config.checks import check_batch_split
+from rlhf_lab.config.schema import Config, OnOff, Reference, TaskKind
+from rlhf_lab.engine.data import Stream, read_jsonl_field
+from rlhf_lab.engine.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, weight_soup, with_lora)
-from rlhf_lab.paths import cache_dir
-from rlhf_lab.preflight import PROMPT_FIELDS, SFT_FIELDS
-from rlhf_lab.roles import AdapterFreePolicy, Critic, Policy, RewardModel, RewardModels, check_forward, hf_model
-from rlhf_lab.rollout import HFGenerate, generation_config, kv_cache
-from rlhf_lab.runtime import Runtime
+from rlhf_lab.config.paths import cache_dir
+from rlhf_lab.config.preflight import PROMPT_FIELDS, SFT_FIELDS
+from rlhf_lab.engine.roles import AdapterFreePolicy, Critic, Policy, RewardModel, RewardModels, check_forward, hf_model
+from rlhf_lab.engine.rollout import HFGenerate, generation_config, kv_cache
+from rlhf_lab.engine.runtime import Runtime
 from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.trainer import PPOTrainer
 

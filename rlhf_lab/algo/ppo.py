@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab.config import GroupScale, KLEstimator, LossAgg
+from rlhf_lab.config.schema import GroupScale, KLEstimator, LossAgg
 
 
 # ---------------------------------------------------------------- masked statistics

@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from rlhf_lab import ppo
-from rlhf_lab.config import (AdvEstimator, AdvNorm, Config, KLPenalty, OnOff, Overlong, PolicyClip, PolicyFilter,
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import (AdvEstimator, AdvNorm, Config, KLPenalty, OnOff, Overlong, PolicyClip, PolicyFilter,
                              RewardEnsemble, RewardNorm, RewardScaling)
 
 

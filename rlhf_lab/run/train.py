@@ -1,4 +1,4 @@
-"""One run: its run directory, the trainer (rlhf_lab.build), the PPO loop, checkpoints and signals.
+"""One run: its run directory, the trainer (rlhf_lab.run.build), the PPO loop, checkpoints and signals.
 
 `run(cfg)` is what `rlhf-train` calls after validating the config; it returns the final status.
 """
@@ -15,15 +15,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from rlhf_lab import checkpoint, progress
-from rlhf_lab.build import build_trainer
-from rlhf_lab.config import Config, Distributed
-from rlhf_lab.launch import launch
-from rlhf_lab.preemption import Preemption
-from rlhf_lab.runtime import Runtime
-from rlhf_lab.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
+from rlhf_lab.run import checkpoint
+
+from rlhf_lab.engine import progress
+from rlhf_lab.run.build import build_trainer
+from rlhf_lab.config.schema import Config, Distributed
+from rlhf_lab.run.launch import launch
+from rlhf_lab.run.preemption import Preemption
+from rlhf_lab.engine.runtime import Runtime
+from rlhf_lab.run.rundir import SCHEMA_VERSION, RunDir, git_sha, now_iso, package_versions
 from rlhf_lab.trainer import Diverged, PPOTrainer
-from rlhf_lab.wandb_sink import WandbSink, hydra_context, previous_record  # wandb itself is imported lazily
+from rlhf_lab.run.wandb_sink import WandbSink, hydra_context, previous_record  # wandb itself is imported lazily
 
 log = logging.getLogger("rlhf_lab")
 

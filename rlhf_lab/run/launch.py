@@ -16,9 +16,9 @@ import socket
 import sys
 from typing import Any, Callable
 
-from rlhf_lab.config import Config
-from rlhf_lab.preemption import Preemption
-from rlhf_lab.rundir import RunDir
+from rlhf_lab.config.schema import Config
+from rlhf_lab.run.preemption import Preemption
+from rlhf_lab.run.rundir import RunDir
 
 log = logging.getLogger("rlhf_lab")
 
@@ -30,7 +30,7 @@ def free_port() -> int:
 
 
 def launch(execute: Callable[[Config, Any], str], cfg: Config, job, processes: int) -> str:
-    """Run `execute(cfg, job)` (rlhf_lab.train.execute: a module-level function, which the spawned ranks
+    """Run `execute(cfg, job)` (rlhf_lab.run.train.execute: a module-level function, which the spawned ranks
     import by name) on `processes` local ranks; return the run's status."""
     port, context = free_port(), multiprocessing.get_context("spawn")
     ranks = [context.Process(target=_rank, args=(execute, cfg, job, rank, processes, port), name=f"rank-{rank}")

@@ -10,8 +10,8 @@ from typing import Callable, Generic, TypeVar
 
 import torch
 
-from rlhf_lab.packing import pad_left
-from rlhf_lab.preflight import check_jsonl
+from rlhf_lab.engine.packing import pad_left
+from rlhf_lab.config.preflight import check_jsonl
 
 T = TypeVar("T")
 

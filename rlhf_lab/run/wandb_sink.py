@@ -33,7 +33,7 @@ import math
 import os
 from pathlib import Path
 
-from rlhf_lab.rundir import RunDir, read_jsonl
+from rlhf_lab.run.rundir import RunDir, read_jsonl
 
 log = logging.getLogger("rlhf_lab")
 
@@ -63,7 +63,7 @@ def previous_record(run_dir: RunDir) -> dict | None:
 
 def hydra_context() -> tuple[str | None, list[str]]:
     """(the sweep's default group (`sweep_group`) when this is a multirun job, else None; the command line's
-    overrides), read in the process Hydra started (ranks started by rlhf_lab.launch get it from their Job)."""
+    overrides), read in the process Hydra started (ranks started by rlhf_lab.run.launch get it from their Job)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_lab import ppo
-from rlhf_lab.config import KLEstimator
+from rlhf_lab.algo import ppo
+from rlhf_lab.config.schema import KLEstimator
 
 REPEAT_NGRAM = 2  # n of diversity/repeat_ngram_frac (bigrams catch "perfect perfect" as well as loops)
 

@@ -1,5 +1,5 @@
 """Loading models with the Auto classes, and what is done to a model before it takes a role: the critic's
-head, LoRA adapters (peft), gradient checkpointing. The passes PPO makes through them live in rlhf_lab.roles.
+head, LoRA adapters (peft), gradient checkpointing. The passes PPO makes through them live in rlhf_lab.engine.roles.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
                           PreTrainedModel)
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from rlhf_lab.config import CriticInit, LoraConfig
+from rlhf_lab.config.schema import CriticInit, LoraConfig
 
 log = logging.getLogger(__name__)
 
