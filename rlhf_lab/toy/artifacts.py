@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 DONE = "BUILD_DONE"
 PACKAGE = "rlhf_lab"
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # rlhf_lab/
 
 
 def spec_hash(spec: dict) -> str:
