@@ -170,10 +170,9 @@ def stage_cache(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["vanilla", "ppo_max"])
-@pytest.mark.parametrize("remedy", [("reward_ensemble=mean_min",), ("policy_filter=best_random",
-                                                                   "ppo.samples_per_prompt=4"),
-                                    ("reference=soup",), ("reference=mpo",)])
+@pytest.mark.parametrize("preset,remedy", [  # each remedy once, both presets among them (a reference needs a KL)
+    ("vanilla", ("reward_ensemble=mean_min",)), ("vanilla", ("policy_filter=best_random", "ppo.samples_per_prompt=4")),
+    ("ppo_max", ("reference=soup",)), ("ppo_max", ("reference=mpo",))])
 def test_every_remedy_runs_end_to_end(stage_cache, tmp_path, preset, remedy):
     from test_e2e import train
     from rlhf_lab.run.rundir import read_jsonl
