@@ -63,6 +63,14 @@ class ToyArtifacts:
     policy_dir: Path | None = None  # the checkpoint the policy starts from: sft_dir, or [reference=mpo] the DPO model
 
 
+def train_step(optimizer: torch.optim.Optimizer, scheduler, loss: torch.Tensor) -> None:
+    """One step of a stage's training loop: gradients of `loss`, the optimiser's update, the schedule's."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
 def build_tokenizer(language: ToyLanguage) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the language's vocabulary, left padding, EOS distinct from PAD."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS + tuple(language.vocabulary))}
@@ -121,10 +129,7 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage, member: int = 0) -
             for start in range(0, len(examples) - sft.batch_size + 1, sft.batch_size):
                 ids, mask, loss_mask = sft_batch(tokenizer, examples[start:start + sft.batch_size])
                 loss = lm_loss(Policy(model), ids, mask, loss_mask)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                train_step(optimizer, scheduler, loss)
                 bar.update(loss=loss.item())
             log.info("sft epoch %d: loss %.3f", epoch, loss.item())
     model.eval()
@@ -231,10 +236,7 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
                 ids, mask = pad_left([c for c, *_ in batch] + [r for _, r, *_ in batch], pad)
                 chosen, rejected = RewardModel(model)(pack(ids, mask)).chunk(2)
                 loss = -F.logsigmoid(chosen - rejected).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                train_step(optimizer, scheduler, loss)
                 bar.update(loss=loss.item())
             log.info("rm epoch %d: loss %.3f", epoch, loss.item())
 
@@ -369,10 +371,7 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
                 logp = sequence_logprobs(Policy(model), *_pair_batch([easy[i] for i in rows], pad)).reshape(2, -1)
                 ref = easy_ref[rows]
                 loss, accuracy = ppo.dpo_loss(logp[0], logp[1], ref[:, 0], ref[:, 1], dpo.beta)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                train_step(optimizer, scheduler, loss)
                 bar.update(loss=loss.item())
             log.info("dpo epoch %d: loss %.3f, accuracy %.3f", epoch, loss.item(), accuracy.item())
 
