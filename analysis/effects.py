@@ -10,7 +10,9 @@ minus the baseline's mean over runs. Its interval is a t interval:
 ``final_kl`` is KL to each run's initial policy (the stability ``kl_metric``: kl/init_k3, else k1, else k2), so
 arms with different KL references are compared on the distance travelled; only a run from before kl/init_* whose
 reference is not its initial policy has its KL to the reference there (the report names such runs).
-``collapsed`` counts as 0/1, so its effect is the difference in collapse fraction. ``collapse_onset`` is
+``collapsed`` is 0/1, so its effect is the difference in collapse fraction; its interval is Newcombe's hybrid score
+interval for a difference of two proportions (Newcombe 1998, method 10: from the two Wilson intervals), never
+paired and never outside [-1, 1] (a t interval on 3 runs of 0/1 spans several units). ``collapse_onset`` is
 defined for collapsed runs only, so its pairs are the pairs where both collapsed.
 """
 
@@ -71,6 +73,29 @@ def welch_interval(arm, base) -> tuple[float, float]:
     return difference, float(high - low) / 2
 
 
+def wilson_interval(successes: int, n: int, z: float) -> tuple[float, float]:
+    """Wilson's score interval for a proportion successes / n at normal quantile z. -> (low, high)."""
+    p, shrink = successes / n, 1 + z * z / n
+    center = (p + z * z / (2 * n)) / shrink
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / shrink
+    return center - half, center + half
+
+
+def newcombe_interval(arm, base, level: float = 0.95) -> tuple[float, float, float]:
+    """Difference of two proportions (the 0/1 values ``arm`` minus ``base``, NaN ignored) and Newcombe's hybrid
+    score interval (1998, method 10). -> (difference, low, high); NaN without a value on either side."""
+    a, b = (np.asarray(v, dtype="float64") for v in (arm, base))
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if len(a) == 0 or len(b) == 0:
+        return math.nan, math.nan, math.nan
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p1, p2 = a.mean(), b.mean()
+    (l1, u1), (l2, u2) = wilson_interval(a.sum(), len(a), z), wilson_interval(b.sum(), len(b), z)
+    difference = float(p1 - p2)
+    return (difference, difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
 def _values(runs: pd.DataFrame, metric: str, suffix: str = "") -> pd.Series:
     """``metric`` of each run as floats (collapsed: 0/1); the onset only where the run collapsed."""
     values = runs[metric + suffix].astype("float64")
@@ -103,13 +128,17 @@ def arm_effects(stability: pd.DataFrame, baseline: str) -> pd.DataFrame:
                 continue
             arm_values, base_values = _values(runs, metric), _values(base, metric)
             differences = (_values(pairs, metric) - _values(pairs, metric, "_base")).dropna()
-            if len(differences) >= 2:
-                effect, half, n_pairs = paired_interval(differences)
+            if metric == "collapsed":
+                (effect, low, high), n_pairs = newcombe_interval(arm_values, base_values), 0
             else:
-                (effect, half), n_pairs = welch_interval(arm_values, base_values), 0
+                if len(differences) >= 2:
+                    effect, half, n_pairs = paired_interval(differences)
+                else:
+                    (effect, half), n_pairs = welch_interval(arm_values, base_values), 0
+                low, high = effect - half, effect + half
             rows.append({"arm": arm, "metric": metric, "label": label, "baseline": baseline,
                          "arm_mean": float(arm_values.mean()), "baseline_mean": float(base_values.mean()),
-                         "effect": effect, "ci95_low": effect - half, "ci95_high": effect + half,
+                         "effect": effect, "ci95_low": low, "ci95_high": high,
                          "n_pairs": n_pairs, "n_arm": int(arm_values.notna().sum()),
                          "n_baseline": int(base_values.notna().sum()), "paired": n_pairs >= 2})
     return pd.DataFrame(rows, columns=["arm", "metric", "label", "baseline", "arm_mean", "baseline_mean", "effect",

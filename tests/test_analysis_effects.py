@@ -12,7 +12,8 @@ from analysis_fixtures import KL_INIT, KL_REF, synthetic_trace, write_run, write
 from scipy import stats
 
 from analysis.cli import main
-from analysis.effects import INSTANCE, arm_effects, default_baseline, paired_interval, welch_interval
+from analysis.effects import (INSTANCE, arm_effects, default_baseline, newcombe_interval, paired_interval,
+                              welch_interval)
 
 
 def runs(arm, seeds, final_gold, collapsed=None, onset=None, instances=None):
@@ -77,11 +78,25 @@ def test_collapse_fraction_and_onset():
     base = runs("base", [0, 1, 2], [0.0] * 3, collapsed=[True, False, False], onset=[15, None, None])
     arm = runs("arm", [0, 1, 2], [0.0] * 3, collapsed=[True, True, False], onset=[10, 20, None])
     effects = arm_effects(pd.concat([base, arm]), "base")
-    assert effect(effects, "arm", "collapsed")["effect"] == pytest.approx(1 / 3)
+    collapsed = effect(effects, "arm", "collapsed")
+    assert collapsed["effect"] == pytest.approx(1 / 3) and not collapsed["paired"]
+    assert -1 <= collapsed["ci95_low"] < 0 < 1 / 3 < collapsed["ci95_high"] <= 1  # a score interval, within [-1, 1]
     onset = effect(effects, "arm", "collapse_onset")  # one pair where both collapsed: unpaired, base has 1 value
     assert not onset["paired"] and onset["effect"] == pytest.approx(0.0) and math.isnan(onset["ci95_low"])
     with pytest.raises(ValueError, match="nowhere"):
         arm_effects(pd.concat([base, arm]), "nowhere")
+
+
+def test_newcombe_interval_matches_the_papers_examples():
+    """Newcombe (1998), "Interval estimation for the difference between independent proportions", Table II,
+    method 10: 56/70 - 48/80 = 0.2000 in [0.0524, 0.3339]; 9/10 - 3/10 = 0.6 in [0.1705, 0.8090]."""
+    for (x1, n1, x2, n2), expected in (((56, 70, 48, 80), (0.2, 0.0524, 0.3339)),
+                                       ((9, 10, 3, 10), (0.6, 0.1705, 0.8090))):
+        got = newcombe_interval([1] * x1 + [0] * (n1 - x1), [1] * x2 + [0] * (n2 - x2))
+        assert got == pytest.approx(expected, abs=5e-5)
+    difference, low, high = newcombe_interval([0, 0, 0], [1, 1, 1])  # every run collapses in one arm only
+    assert difference == -1 and low == pytest.approx(-1) and -1 < high < 0
+    assert all(math.isnan(v) for v in newcombe_interval([], [1.0]))
 
 
 def test_default_baseline():
@@ -97,9 +112,10 @@ def test_rlhf_report_writes_the_effects(tmp_path):
     out = tmp_path / "out"
     effects = pd.read_csv(out / "effects.csv")
     assert set(effects["arm"]) == {"no_kl"}
-    defined = effects[effects["metric"] != "collapse_onset"]  # ppo_max never collapses: no onset pairs
-    assert defined["paired"].all() and (defined["n_pairs"] == 3).all()
-    collapsed = effects[effects["metric"] == "collapsed"].iloc[0]
+    means = effects[~effects["metric"].isin(["collapse_onset", "collapsed"])]  # ppo_max never collapses: no onset
+    assert means["paired"].all() and (means["n_pairs"] == 3).all()
+    collapsed = effects[effects["metric"] == "collapsed"].iloc[0]  # a difference of proportions: Newcombe's interval
+    assert not collapsed["paired"] and -1 <= collapsed["ci95_low"] <= collapsed["ci95_high"] <= 1
     summary = pd.read_csv(out / "summary.csv").set_index("arm")
     assert collapsed["effect"] == pytest.approx(summary.loc["no_kl", "collapse_frac"]
                                                 - summary.loc["ppo_max", "collapse_frac"])
