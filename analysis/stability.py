@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.frames import wide_traces
+from analysis.frames import INITIAL_REFERENCES, wide_traces
 from analysis.names import (ANALYSED, ENTROPY, GOLD, KL_PREFERENCE, LENGTH, PPL, PROXY, REPEAT, is_init_kl,
                             pick_kl_metric)
 
@@ -127,9 +127,14 @@ def kl_metric_of(trace: pd.DataFrame) -> str | None:
 
 def reference_kl_runs(stability: pd.DataFrame) -> pd.Series:
     """The run ids (of ``run_stability``'s rows) whose KL is to their reference, not to their initial policy:
-    runs from before kl/init_* whose reference is not their initial policy."""
+    runs from before kl/init_* whose reference is not their initial policy. A row whose ``tricks.reference``
+    (when the frame has it) is the initial policy is never one, whatever its ``kl_metric`` says (a results file
+    written before kl/init_* named kl/ref_* for every run)."""
     kl_metric = stability["kl_metric"]
-    return stability.loc[kl_metric.notna() & ~kl_metric.map(is_init_kl), "run_id"]
+    flagged = kl_metric.notna() & ~kl_metric.map(is_init_kl)
+    if "tricks.reference" in stability:
+        flagged &= ~stability["tricks.reference"].map(lambda ref: pd.isna(ref) or ref in INITIAL_REFERENCES)
+    return stability.loc[flagged, "run_id"]
 
 
 def _first_sustained(condition: np.ndarray, patience: int) -> int | None:
