@@ -99,7 +99,7 @@ def test_fp32_is_unchanged_by_the_runtime(tiny_checkpoints):
 FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "full", "empty", "arange", "randperm", "rand", "randn",
              "randint", "linspace", "eye", "scalar_tensor"}
 # built on the host on purpose (token lists, Python lists), then copied to the device once
-HOST_SIDE = {("packing.py", "pad_left"), ("data.py", "sft_batch")}
+HOST_SIDE = {("engine/packing.py", "pad_left"), ("engine/data.py", "sft_batch")}
 
 
 class FactoryCalls(TorchFunctionMode):
@@ -141,8 +141,8 @@ def test_the_factory_check_sees_a_tensor_made_without_a_device():
 
     with FactoryCalls() as calls:
         ppo.masked_mean(torch.ones(3), torch.ones(3))  # called from here: not rlhf_lab code
-        exec(compile("torch.zeros(2)", str(RLHF_LAB / "ppo.py"), "exec"), {"torch": torch})
-    assert calls.undirected == {("ppo.py", "<module>")}
+        exec(compile("torch.zeros(2)", str(RLHF_LAB / "algo" / "ppo.py"), "exec"), {"torch": torch})
+    assert calls.undirected == {("algo/ppo.py", "<module>")}
 
 
 # ---------------------------------------------------------------- KV cache and gradient checkpointing
