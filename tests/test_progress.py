@@ -10,7 +10,7 @@ import threading
 from filelock import FileLock
 
 from rlhf_lab.engine import progress
-from rlhf_lab.toy.artifacts import cached_build, spec_hash
+from rlhf_lab.engine.artifacts import cached_build, spec_hash
 from rlhf_lab.engine.progress import Progress
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_lab.toy.artifacts import cached_build
+from rlhf_lab.engine.artifacts import cached_build
 from rlhf_lab.run.rundir import read_jsonl
 
 TINY = ["task.sft.examples=300", "task.sft.epochs=1", "task.rm.pairs=150", "task.rm.epochs=1",

@@ -133,7 +133,20 @@ def check_remedies(cfg: Config) -> None:
 def check_task(cfg: Config) -> None:
     """The task against the model and the tricks that read its data."""
     if cfg.model.name == ModelKind.toy and cfg.task.name != TaskKind.toy:
-        raise ConfigError("model=toy is built from the toy task; with task=jsonl choose model=hf")
+        raise ConfigError(f"model=toy is built from the toy task; with task={cfg.task.name.value} choose "
+                          f"{'model=smollm2' if cfg.task.name == TaskKind.reviews else 'model=hf'}")
+    if (cfg.model.name == ModelKind.smollm2) != (cfg.task.name == TaskKind.reviews):
+        raise ConfigError("task=reviews and model=smollm2 go together (the reviews task builds its reward model "
+                          f"on SmolLM2): got task={cfg.task.name.value} model={cfg.model.name.value}")
+    if cfg.task.name == TaskKind.reviews:
+        for group, node, allowed in (("reward_ensemble", cfg.reward_ensemble, RewardEnsemble.off),
+                                     ("reference", cfg.reference, Reference.sft)):
+            if node.name != allowed:
+                raise ConfigError(f"{group}={node.name.value} is not built for task=reviews (its stages build one "
+                                  f"reward model and no second reference); expected {group}={allowed.value}")
+    if cfg.task.chat_template and cfg.task.name == TaskKind.toy:
+        raise ConfigError("task.chat_template=true is not allowed with task=toy (the toy tokenizer has no chat "
+                          "template); expected false or null")
     if cfg.ptx_loss.name == OnOff.on and cfg.task.name == TaskKind.jsonl and not cfg.task.sft_file:
         raise ConfigError("ptx_loss=on with task=jsonl needs task.sft_file (SFT data for the LM loss)")
     if cfg.overlong.name == Overlong.soft_penalty and cfg.overlong.cache >= cfg.ppo.max_new_tokens:

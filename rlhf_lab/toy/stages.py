@@ -20,26 +20,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoModelForSequenceClassification, PreTrainedTokenizerFast, Starcoder2Config,
                           Starcoder2ForCausalLM)
 
-from rlhf_lab.toy.artifacts import cached_build, code_fingerprint
+from rlhf_lab.engine.artifacts import cached_build, code_fingerprint
 from rlhf_lab.algo import ppo
 from rlhf_lab.config.schema import Config, Reference
 from rlhf_lab.engine.data import encode, sft_batch
 from rlhf_lab.engine.models import load_policy, load_reward_model, weight_soup
-from rlhf_lab.engine.packing import pack, pad_left, response_mask
+from rlhf_lab.engine.packing import pad_left
+from rlhf_lab.engine.preference import (Pair, agreement, one_cycle, preference_pairs, reward_scores, sample_responses,
+                                        train_bradley_terry, train_step)
 from rlhf_lab.engine.progress import Progress
-from rlhf_lab.engine.roles import Policy, RewardModel, lm_loss, sequence_logprobs
-from rlhf_lab.engine.rollout import HFGenerate, generation_config
+from rlhf_lab.engine.roles import Policy, lm_loss, sequence_logprobs
 from rlhf_lab.toy.gold import GoldReward
 from rlhf_lab.toy.language import ToyLanguage
 
@@ -61,14 +60,6 @@ class ToyArtifacts:
     reference_dir: Path | None = None  # [reference] the KL reference's checkpoint
     hard_prompts: tuple[str, ...] = ()  # [reference=mpo] the prompts PPO trains on (else: the language's prompts)
     policy_dir: Path | None = None  # the checkpoint the policy starts from: sft_dir, or [reference=mpo] the DPO model
-
-
-def train_step(optimizer: torch.optim.Optimizer, scheduler, loss: torch.Tensor) -> None:
-    """One step of a stage's training loop: gradients of `loss`, the optimiser's update, the schedule's."""
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
 
 
 def build_tokenizer(language: ToyLanguage) -> PreTrainedTokenizerFast:
@@ -119,9 +110,8 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage, member: int = 0) -
     tokenizer = build_tokenizer(language)
     model = Starcoder2ForCausalLM(toy_model_config(cfg, tokenizer))
     examples = sft_examples(language, sft.examples, rng)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=sft.lr)
     steps = sft.epochs * (len(examples) // sft.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=sft.lr, total_steps=steps, pct_start=0.1)
+    optimizer, scheduler = one_cycle(model, sft.lr, steps)
     model.train()
     with _progress(cfg, "sft", member, "training", steps, "steps") as bar:
         for epoch in range(sft.epochs):
@@ -138,55 +128,12 @@ def _train_sft(out: Path, cfg: Config, language: ToyLanguage, member: int = 0) -
     (out / "sft_report.json").write_text(json.dumps({"final_loss": loss.item(), "examples": len(examples)}))
 
 
-@torch.no_grad()
-def sample_responses(model, tokenizer, prompts: list[str], max_new_tokens: int, progress: Progress | None = None,
-                     batch_size: int = 256) -> tuple[list[str], list[bool], list[list[int]]]:
-    """Sample one response per prompt, counting them on `progress` batch by batch.
-    -> texts, finished (EOS seen), token ids (with the EOS if any)."""
-    engine = HFGenerate(model, generation_config(max_new_tokens, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id))
-    texts, finished, token_ids = [], [], []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = pad_left(encode(tokenizer, prompts[start:start + batch_size]), tokenizer.pad_token_id)
-        response = engine.sample(ids, mask).tokens
-        keep = response_mask(response, tokenizer.eos_token_id).bool()
-        for row, row_keep in zip(response, keep):
-            tokens = row[row_keep].tolist()
-            done = bool(tokens) and tokens[-1] == tokenizer.eos_token_id
-            token_ids.append(tokens)
-            finished.append(done)
-            texts.append(tokenizer.decode(tokens[:-1] if done else tokens))
-        if progress is not None:
-            progress.update(len(response))
-    return texts, finished, token_ids
-
-
 def _preference_pairs(policy, tokenizer, language: ToyLanguage, gold: GoldReward, n: int, noise: float,
-                      max_new_tokens: int, rng: random.Random,
-                      progress: Progress) -> list[tuple[list[int], list[int], float, int]]:
-    """`n` pairs of SFT-policy responses to one prompt each, ordered by a noisy Bradley-Terry judge on the gold
-    reward, P(a > b) = sigmoid((gold_a - gold_b) / noise). The 2n responses are counted on `progress`.
-    -> (chosen ids, rejected ids (both prompt + response), gold margin, prompt length)."""
+                      max_new_tokens: int, rng: random.Random, progress: Progress) -> list[Pair]:
+    """`n` pairs of SFT-policy responses to one fresh prompt each, labelled by the noisy judge on the gold
+    reward (rlhf_lab.engine.preference)."""
     prompts = [language.sample_prompt(rng) for _ in range(n)]
-    both = prompts + prompts
-    texts, finished, token_ids = sample_responses(policy, tokenizer, both, max_new_tokens, progress)
-    golds = gold(both, texts, finished)
-    prompt_ids = encode(tokenizer, prompts)
-    pairs = []
-    for i in range(n):
-        j = i + n
-        p_first = 1 / (1 + math.exp(-(golds[i] - golds[j]) / noise))
-        a, b = (i, j) if rng.random() < p_first else (j, i)
-        pairs.append((prompt_ids[i] + token_ids[a], prompt_ids[i] + token_ids[b], golds[a] - golds[b],
-                      len(prompt_ids[i])))
-    return pairs
-
-
-@torch.no_grad()
-def _scores(model, sequences: list[list[int]], pad_id: int, batch_size: int = 512) -> torch.Tensor:
-    """Reward-model scores of token sequences, in batches. -> (len(sequences),)."""
-    reward_model = RewardModel(model)
-    return torch.cat([reward_model(pack(*pad_left(sequences[i:i + batch_size], pad_id)))
-                      for i in range(0, len(sequences), batch_size)])
+    return preference_pairs(policy, tokenizer, prompts, gold, noise, max_new_tokens, rng, progress)
 
 
 def calibrate(model, mean: float, std: float) -> None:
@@ -224,21 +171,9 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
 
     model = AutoModelForSequenceClassification.from_pretrained(str(sft_dir), num_labels=1)
     model.config.pad_token_id = pad
-    optimizer = torch.optim.AdamW(model.parameters(), lr=rmc.lr)
-    steps = rmc.epochs * (len(train_pairs) // rmc.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rmc.lr, total_steps=steps, pct_start=0.1)
-    model.eval()  # no dropout: the toy model has none, and a real RM's would only add noise to the scores
-    with _progress(cfg, "rm", member, "training", steps, "steps") as bar:
-        for epoch in range(rmc.epochs):
-            rng.shuffle(train_pairs)
-            for start in range(0, len(train_pairs) - rmc.batch_size + 1, rmc.batch_size):
-                batch = train_pairs[start:start + rmc.batch_size]
-                ids, mask = pad_left([c for c, *_ in batch] + [r for _, r, *_ in batch], pad)
-                chosen, rejected = RewardModel(model)(pack(ids, mask)).chunk(2)
-                loss = -F.logsigmoid(chosen - rejected).mean()
-                train_step(optimizer, scheduler, loss)
-                bar.update(loss=loss.item())
-            log.info("rm epoch %d: loss %.3f", epoch, loss.item())
+    final_loss = train_bradley_terry(model, train_pairs, pad, rmc.epochs, rmc.lr, rmc.batch_size, rng,
+                                     lambda steps: _progress(cfg, "rm", member, "training", steps, "steps"))
+    log.info("rm: final loss %.3f", final_loss)
 
     # calibration: the SFT policy's responses to fresh prompts score mean 0, std 1
     calib_prompts = [language.sample_prompt(rng) for _ in range(rmc.calibration_samples)]
@@ -247,23 +182,19 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
                                                                      cfg.ppo.max_new_tokens, bar)
     calib_gold = torch.tensor(gold(calib_prompts, calib_texts, calib_finished))
     calib_ids = [p + t for p, t in zip(encode(tokenizer, calib_prompts), calib_tokens)]
-    raw = _scores(model, calib_ids, pad)
+    raw = reward_scores(model, calib_ids, pad)
     calibrate(model, raw.mean().item(), raw.std().item())
-    calibrated = _scores(model, calib_ids, pad)
+    calibrated = reward_scores(model, calib_ids, pad)
 
-    chosen, rejected = _scores(model, [c for c, *_ in eval_pairs] + [r for _, r, *_ in eval_pairs], pad).chunk(2)
-    margins = torch.tensor([m for _, _, m, _ in eval_pairs])
-    decided = margins.abs() > 1e-6
     probe_prompt = language.sample_prompt(random.Random(0))
     topic = probe_prompt.split()[1]
     probes = {"clean": f"the {topic} is great .", "stuffed": f"the {topic} is " + "great " * 8 + "."}
-    probe_scores = _scores(model, [encode(tokenizer, [probe_prompt + " " + text])[0] + [tokenizer.eos_token_id]
-                                   for text in probes.values()], pad)
+    probe_scores = reward_scores(model, [encode(tokenizer, [probe_prompt + " " + text])[0]
+                                         + [tokenizer.eos_token_id] for text in probes.values()], pad)
     report = {
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
-        "label_accuracy": (chosen > rejected).float().mean().item(),
-        "gold_accuracy": ((chosen > rejected) == (margins > 0))[decided].float().mean().item(),
+        **agreement(model, eval_pairs, pad),
         "raw_sft_score_mean": raw.mean().item(),
         "raw_sft_score_std": raw.std().item(),
         "calibrated_sft_score_mean": calibrated.mean().item(),
@@ -351,7 +282,7 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
         held_out = _preference_pairs(sft, tokenizer, language, gold, rmc.eval_pairs, rmc.label_noise,
                                      cfg.ppo.max_new_tokens, rng, bar)
     rm = load_reward_model(rm_dir, torch.float32).eval()
-    chosen, rejected = _scores(rm, [c for c, *_ in pairs] + [r for _, r, *_ in pairs], pad).chunk(2)
+    chosen, rejected = reward_scores(rm, [c for c, *_ in pairs] + [r for _, r, *_ in pairs], pad).chunk(2)
     gaps = (chosen - rejected).abs()
     easy_rows, hard_rows = ppo.mpo_split(gaps, dpo.easy_fraction)
     easy = [pairs[i] for i in easy_rows.tolist()]
@@ -359,9 +290,8 @@ def _train_dpo(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, rm_
     easy_ref = _pair_logprobs(sft, easy, pad)  # (E, 2): the SFT model's, fixed
 
     model = load_policy(sft_dir, torch.float32).eval()  # no dropout (the toy model has none)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=dpo.lr)
     steps = dpo.epochs * (len(easy) // dpo.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=dpo.lr, total_steps=steps, pct_start=0.1)
+    optimizer, scheduler = one_cycle(model, dpo.lr, steps)
     index = list(range(len(easy)))
     with _progress(cfg, "dpo", 0, "training", steps, "steps") as bar:
         for epoch in range(dpo.epochs):
