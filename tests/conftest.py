@@ -1,5 +1,5 @@
 """Shared fixtures: tiny, randomly initialised checkpoints (no training, no network), composed configs, and the
-local SLURM cluster."""
+local SLURM cluster; and how the suite shares the cores (scripts/test.sh runs it in 2 pytest-xdist workers)."""
 
 import os
 import shutil
@@ -23,9 +23,32 @@ from rlhf_lab.toy.stages import build_tokenizer
 from rlhf_lab.trainer import PPOTrainer
 
 SLURM_CLUSTER_SH = Path(__file__).resolve().parent / "slurm" / "cluster.sh"
+# Under pytest-xdist every worker (and every process it starts) computes on one thread: two torch processes of two
+# threads each on 2 cores spin-wait on each other (sevenfold slower), one thread each share them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+# The longest modules first, so the critical path starts at once; each module runs whole on one worker (its
+# module fixtures are built once), the SLURM modules on the same one (one small cluster). xdist hands each
+# worker two modules to start with: the science test's worker gets a short one second (test_layout), so the
+# rest go to whichever worker is free.
+FIRST = ("test_science", "test_slurm_sweep", "test_slurm_cluster", "test_layout", "test_distributed",
+         "test_reviews_tier", "test_sweeps", "test_wandb", "test_e2e", "test_remedies", "test_config")
+SHARED_GROUP = {"test_slurm_sweep": "slurm", "test_slurm_cluster": "slurm"}
 
 register_schema()
 quiet_transformers()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the modules longest first and give each one its xdist group (scripts/test.sh: --dist loadgroup)."""
+    def module(item) -> str:
+        return item.path.stem
+
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(module(item), len(FIRST)))  # stable: a module's own order is kept
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUP.get(module(item), module(item))))
 
 
 def make_config(*overrides: str) -> Config:

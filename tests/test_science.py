@@ -1,6 +1,6 @@
 """The testbed tells the paper's story on every machine, at reduced scale: on three testbed instances
 (`task.language_seed` 0, 1, 2: each its own language, SFT policy and calibrated reward model, built from
-scratch in CI) with one PPO seed and 100 iterations, vanilla PPO over-optimises the proxy everywhere and its
+scratch in CI) with one PPO seed and 80 iterations, vanilla PPO over-optimises the proxy everywhere and its
 gold reward collapses on most instances, PPO-max does neither, and rlhf-report says so.
 
 Every claim is a relative effect within one instance, or a difference in units of the reward model's calibrated
@@ -20,13 +20,14 @@ from analysis import load_runs, wide_traces
 
 pytestmark = pytest.mark.slow
 INSTANCES = (0, 1, 2)
-ITERATIONS = 100
+ITERATIONS = 80
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("science")
     out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "-m", "sweep=presets", "seed=0",
+                          "hydra/launcher=parallel",  # two runs at once, one thread each
                           f"task.language_seed={','.join(map(str, INSTANCES))}", f"iterations={ITERATIONS}",
                           "run.progress=false", f"hydra.sweep.dir={sweep_dir}"],
                          capture_output=True, text=True, timeout=3600)
