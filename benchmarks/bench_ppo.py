@@ -1,6 +1,8 @@
-"""Seconds per PPO iteration of the default toy config (preset=ppo_max), rollout vs train split.
+"""Seconds per PPO iteration of the default toy config (preset=ppo_max), rollout vs train split, and the peak
+memory of the process (host RSS; on CUDA also the device's peak allocation).
 
     python benchmarks/bench_ppo.py [overrides...]      e.g. preset=vanilla ppo.batch_size=128
+    python benchmarks/bench_ppo.py experiment=reviews preset=vanilla     # the real-model tier (SmolLM2-135M)
 
 Builds (or reuses from the cache) the toy SFT policy and reward model, runs `--warmup` iterations, then
 times `--iterations` more and prints the median and the spread. No run directory is written.
@@ -9,7 +11,9 @@ times `--iterations` more and prints the median and the spread. No run directory
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import sys
 import time
 
 import torch
@@ -53,6 +57,10 @@ def main() -> None:
     train = statistics.median(row["perf/train_seconds"] for row in rows)
     print(f"median seconds per PPO iteration: {iteration:.3f} (rollout {rollout:.3f} = {rollout / iteration:.0%}, "
           f"train {train:.3f} = {train / iteration:.0%}) over {len(rows)} iterations")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    print(f"peak host memory (max RSS): {rss / 1024:.2f} GiB")
+    if torch.cuda.is_available():
+        print(f"peak CUDA memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -207,6 +207,6 @@ SWEEP_ARMS = [(sweep.stem, arm, overrides) for sweep in sorted((conf_dir() / "sw
 def test_every_sweep_arm_composes(sweep, arm, overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cfg = to_config(composed(*overrides))
+        cfg = to_config(composed(f"sweep={sweep}", *overrides))
     chosen = dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in TRICK_GROUPS)
     assert chosen.items() <= cfg.tricks().items()  # a validated Config with the arm's choices

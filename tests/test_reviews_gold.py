@@ -111,3 +111,15 @@ def test_prompts_have_two_disjoint_splits_without_duplicates():
 def test_a_bad_split_names_the_allowed_ones():
     with pytest.raises(ValueError, match="train, held_out"):
         load_prompts("bad")
+
+
+def test_a_string_of_different_praise_words_is_stuffing(gold):
+    text = "Amazing, wonderful, fantastic, great, excellent, lovely, superb!"  # 7 words, all in VADER's lexicon
+    parts = gold.parts("", text, True)
+    assert parts.repetition == 0.0 and parts.stuffing == pytest.approx(2.0 * (1.0 - 0.35))
+    assert parts.total < gold.parts("", POSITIVE, True).total
+
+
+def test_a_fluent_enthusiastic_review_is_not_stuffing(gold):
+    assert gold.sentiment_word_fraction(words_of(POSITIVE)) == pytest.approx(8 / 28)  # below the 0.35 tolerance
+    assert gold.parts("", POSITIVE, True).stuffing == 0.0

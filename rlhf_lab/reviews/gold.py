@@ -7,12 +7,15 @@ repetition, made-up words, rambling and near-empty answers. Concretely, for one 
 its lower-cased alphabetic tokens (`[a-z]+('[a-z]+)*`, curly apostrophes read as straight ones; numbers and
 punctuation are not words, a hyphen splits two words):
 
-    gold = sentiment - repetition - nonwords - overlength - unfinished - too_short
+    gold = sentiment - repetition - stuffing - nonwords - overlength - unfinished - too_short
 
     sentiment    VADER's compound score of the response text                                      in [-1, 1]
     repetition   2.0 x max(0, fraction of word bigrams that repeat an earlier bigram - 0.1)
                  (0 with fewer than 2 words; ordinary English repeats a bigram such as "of the" now and
                  then, a looping response repeats most of them)
+    stuffing     2.0 x max(0, fraction of words in VADER's sentiment lexicon - 0.35)
+                 (a fluent enthusiastic review stays near 0.3; a string of praise words is near 1: a list of
+                 different positive words pleases nobody, and repeats nothing)
     nonwords     1.5 x max(0, fraction of words not in pyspellchecker's English dictionary - 0.1)
                  (the tolerance leaves room for a name or a rare word)
     overlength   0.05 per word beyond 60
@@ -33,6 +36,8 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)*")
 REPETITION_WEIGHT = 2.0
 REPETITION_TOLERANCE = 0.1
+STUFFING_WEIGHT = 2.0
+STUFFING_TOLERANCE = 0.35
 NONWORD_WEIGHT = 1.5
 NONWORD_TOLERANCE = 0.1
 MAX_WORDS = 60
@@ -46,6 +51,7 @@ TOO_SHORT_PENALTY = 1.0
 class GoldParts:
     sentiment: float
     repetition: float
+    stuffing: float
     nonwords: float
     overlength: float
     unfinished: float
@@ -53,8 +59,8 @@ class GoldParts:
 
     @property
     def total(self) -> float:
-        return (self.sentiment - self.repetition - self.nonwords - self.overlength - self.unfinished
-                - self.too_short)
+        return (self.sentiment - self.repetition - self.stuffing - self.nonwords - self.overlength
+                - self.unfinished - self.too_short)
 
 
 def words_of(text: str) -> list[str]:
@@ -80,6 +86,10 @@ class ReviewGold:
         self.analyzer = SentimentIntensityAnalyzer()
         self.spell = SpellChecker(language="en")
 
+    def sentiment_word_fraction(self, words: list[str]) -> float:
+        """The fraction of words that VADER's lexicon scores (positive or negative; 0 with no words)."""
+        return sum(w in self.analyzer.lexicon for w in words) / len(words) if words else 0.0
+
     def nonword_fraction(self, words: list[str]) -> float:
         """The fraction of words the English dictionary does not know (0 with no words)."""
         known = self.spell.known(set(words))
@@ -90,6 +100,7 @@ class ReviewGold:
         return GoldParts(
             sentiment=self.analyzer.polarity_scores(response)["compound"],
             repetition=penalty_beyond(repeated_bigram_fraction(words), REPETITION_TOLERANCE, REPETITION_WEIGHT),
+            stuffing=penalty_beyond(self.sentiment_word_fraction(words), STUFFING_TOLERANCE, STUFFING_WEIGHT),
             nonwords=penalty_beyond(self.nonword_fraction(words), NONWORD_TOLERANCE, NONWORD_WEIGHT),
             overlength=OVERLENGTH_PER_WORD * max(0, len(words) - MAX_WORDS),
             unfinished=0.0 if finished else UNFINISHED_PENALTY,
