@@ -28,27 +28,22 @@ SLURM_CLUSTER_SH = Path(__file__).resolve().parent / "slurm" / "cluster.sh"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-# The longest modules first, so the critical path starts at once; each module runs whole on one worker (its
-# module fixtures are built once), the SLURM modules on the same one (one small cluster). xdist hands each
-# worker two modules to start with: the science test's worker gets a short one second (test_layout), so the
-# rest go to whichever worker is free.
-FIRST = ("test_science", "test_slurm_sweep", "test_slurm_cluster", "test_layout", "test_distributed",
+# The longest modules first, so the critical path starts at once; each module runs whole on one worker
+# (scripts/test.sh: --dist loadscope; its module fixtures are built once). xdist hands each worker two modules to
+# start with (the 1st and 3rd in this order to one, the 2nd and 4th to the other): the science test's worker
+# gets a short one (test_layout) with it, the other both SLURM modules (one small cluster, one job at a time);
+# the rest go to whichever worker is free.
+FIRST = ("test_science", "test_slurm_sweep", "test_layout", "test_slurm_cluster", "test_distributed",
          "test_reviews_tier", "test_sweeps", "test_wandb", "test_e2e", "test_remedies", "test_config")
-SHARED_GROUP = {"test_slurm_sweep": "slurm", "test_slurm_cluster": "slurm"}
 
 register_schema()
 quiet_transformers()
 
 
 def pytest_collection_modifyitems(config, items):
-    """Order the modules longest first and give each one its xdist group (scripts/test.sh: --dist loadgroup)."""
-    def module(item) -> str:
-        return item.path.stem
-
+    """Order the modules longest first (FIRST), each module's own tests in their order."""
     rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(module(item), len(FIRST)))  # stable: a module's own order is kept
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUP.get(module(item), module(item))))
+    items.sort(key=lambda item: rank.get(item.path.stem, len(FIRST)))
 
 
 def make_config(*overrides: str) -> Config:
