@@ -1,5 +1,8 @@
 """``rlhf-report <run or sweep dirs...> [-o OUT]``: the stability report of a sweep (see analysis.report).
 
+``rlhf-report <sweep dir> --plan [--effect final_gold=0.1] [--power 0.8]`` prints the seed planner's answer
+(analysis.planner): how many runs per arm detect that effect against the baseline.
+
 ``rlhf-report --wandb ENTITY/PROJECT [--group G] -o OUT`` reports on W&B runs instead (cloud API); W&B
 offline run directories (``.../wandb/offline-run-*``) are accepted as paths."""
 
@@ -12,8 +15,9 @@ from pathlib import Path
 from analysis.effects import default_baseline
 from analysis.frames import frames_from_runs
 from analysis.load import RUN_FILE, read_runs
-from analysis.report import write_report
-from analysis.stability import DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules
+from analysis.planner import PLANNED_METRICS, display_plan, seed_plan
+from analysis.report import markdown_table, write_report
+from analysis.stability import DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules, run_stability
 
 _DEFAULTS = CollapseRules()
 
@@ -69,8 +73,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", metavar="ARM",
                         help="add each arm's effect against this arm, paired by seed and instance (effects.csv, "
                              "table, forest plot); default: ppo_max or vanilla when one is an arm; 'none': off")
+    plan = parser.add_argument_group("seed planner (analysis/planner.py): runs needed against the baseline, "
+                                     "from this sweep's spread as a pilot")
+    plan.add_argument("--plan", action="store_true",
+                      help="print the plan and exit (the report has it too, as plan.csv and a table)")
+    plan.add_argument("--effect", action="append", type=_effect, default=[], metavar="METRIC=SIZE",
+                      help="the effect to detect, e.g. final_gold=0.1 (repeatable; default: the pilot's own "
+                           "effect); metrics: " + ", ".join(PLANNED_METRICS))
+    plan.add_argument("--power", type=float, default=0.8, help="power to detect it (default %(default)s)")
+    plan.add_argument("--alpha", type=float, default=0.05,
+                      help="two-sided significance level per effect (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def _effect(text: str) -> tuple[str, float]:
+    """Parse "final_gold=0.1"."""
+    metric, _, size = text.partition("=")
+    if metric not in PLANNED_METRICS:
+        raise argparse.ArgumentTypeError(f"unknown metric {metric!r} in {text!r}: expected one of "
+                                         + ", ".join(PLANNED_METRICS))
+    try:
+        return metric, float(size)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected METRIC=SIZE with a number, got {text!r}") from None
 
 
 def _rules(args: argparse.Namespace) -> CollapseRules:
@@ -98,6 +124,8 @@ def main(argv=None) -> int:
         parser.error("give run or sweep directories, or --wandb ENTITY/PROJECT")
     if args.group and not args.wandb:
         parser.error("--group needs --wandb ENTITY/PROJECT")
+    if not (0 < args.power < 1 and 0 < args.alpha < 1):
+        parser.error(f"--power and --alpha must lie in (0, 1), got {args.power} and {args.alpha}")
     try:
         pairs = read_runs(args.paths, progress=not args.no_progress)
     except FileNotFoundError as error:
@@ -126,9 +154,20 @@ def main(argv=None) -> int:
         return 2
     if len(arms) < 2:
         baseline = None  # nothing to compare
+    planning = {"effects": dict(args.effect), "power": args.power, "alpha": args.alpha}
+    if args.plan:
+        if baseline is None:
+            print("rlhf-report: error: --plan needs two arms and a baseline (--baseline ARM)", file=sys.stderr)
+            return 2
+        plan = seed_plan(run_stability(runs, traces, rules, args.final_window, args.kl_budgets), baseline,
+                         **planning)
+        print(f"Runs needed against {baseline} for power {args.power:g} at alpha {args.alpha:g} (two-sided), "
+              f"from {len(runs)} pilot runs:\n")
+        print(markdown_table(display_plan(plan)))
+        return 0
     out_dir = args.output or (default_output(args.paths[0]) if args.paths else Path("report"))
     report = write_report(runs, traces, out_dir, rules, args.final_window, args.kl_budgets,
-                          args.samples_per_step, sources=sources, baseline=baseline)
+                          args.samples_per_step, sources=sources, baseline=baseline, planning=planning)
     print(f"rlhf-report: {len(runs)} runs; wrote {report} (and report.md, summary.csv, runs.csv, figures/) "
           f"in {out_dir}")
     return 0

@@ -10,7 +10,7 @@ minus the baseline's mean over runs. Its interval is a t interval:
 ``final_kl`` is KL to each run's initial policy (the stability ``kl_metric``: kl/init_k3, else k1, else k2), so
 arms with different KL references are compared on the distance travelled; only a run from before kl/init_* whose
 reference is not its initial policy has its KL to the reference there (the report names such runs).
-``collapsed`` is 0/1, so its effect is the difference in collapse fraction; its interval is Newcombe's hybrid score
+``collapsed`` is 0/1, so its effect is the difference in collapse probability; its interval is Newcombe's hybrid score
 interval for a difference of two proportions (Newcombe 1998, method 10: from the two Wilson intervals), never
 paired and never outside [-1, 1] (a t interval on 3 runs of 0/1 spans several units). ``collapse_onset`` is
 defined for collapsed runs only, so its pairs are the pairs where both collapsed.
@@ -28,7 +28,7 @@ from analysis.stability import t95
 
 # stability column -> label in tables and plots
 EFFECT_METRICS = {"final_gold": "final gold", "peak_gold": "peak gold", "final_kl": "final KL",
-                  "collapsed": "collapse fraction", "collapse_onset": "collapse onset (step)"}
+                  "collapsed": "collapse probability", "collapse_onset": "collapse onset (step)"}
 INSTANCE = "config.task.language_seed"  # the testbed instance, in the runs frame of analysis.load
 BASE_ARMS = ("ppo_max", "vanilla")  # the bases of the leave-one-out and add-one-in sweeps
 

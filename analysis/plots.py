@@ -6,6 +6,8 @@
 * ``frontier``: proxy and gold reward against sqrt(KL), the arm means over training; dots: each run's
   final values.
 * ``stability_heatmap``: arms x stability criteria, the fraction of the arm's runs passing each.
+* ``survival``: the Kaplan-Meier curve of each arm, P(no collapse by step t), with its 95 % band
+  (analysis.collapse); a tick where a run that never collapsed ends (censored).
 * ``effects`` (with a baseline arm): a forest plot, one panel per metric, one row per arm: its effect
   against the baseline with the 95% interval (filled: paired by seed and instance; open: unpaired), and a line
   at 0 (no effect).
@@ -181,12 +183,34 @@ def forest(effects: pd.DataFrame) -> Figure:
     return fig
 
 
+def survival(curves: pd.DataFrame, stability: pd.DataFrame, colours: dict) -> Figure:
+    """Kaplan-Meier curves (``analysis.collapse.collapse_table``'s long frame), one step line per arm with its
+    95 % band, and a tick at the last step of each run that never collapsed (right-censored there)."""
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for arm, curve in curves.groupby("arm", sort=False):
+        colour = colours.get(arm, "#333")
+        ax.step(curve["step"], curve["survival"], where="post", color=colour, lw=1.6, label=arm)
+        ax.fill_between(curve["step"], curve["low"], curve["high"], step="post", color=colour, alpha=0.15, lw=0)
+        censored = stability[(stability["arm"] == arm) & ~stability["collapsed"].astype(bool)]["last_step"]
+        at = curve.set_index("step")["survival"]
+        steps = censored.dropna().astype("float64")
+        ax.plot(steps, [at[at.index <= s].iloc[-1] for s in steps], "|", color=colour, ms=9)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("step")
+    ax.set_ylabel("P(no collapse by step)")
+    ax.set_title("time to collapse (Kaplan-Meier, 95% band; |: run ended without collapse)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
 def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFrame, summary: pd.DataFrame,
-                  out_dir, window: int, effects: pd.DataFrame | None = None) -> dict[str, Path]:
+                  out_dir, window: int, effects: pd.DataFrame | None = None,
+                  curves: pd.DataFrame | None = None) -> dict[str, Path]:
     """Draw and save every figure into ``out_dir`` (PNG + SVG); return {figure name: PNG path}.
 
-    Figures whose metrics no run logged are left out (e.g. no frontier without KL); ``effects`` adds the
-    forest plot.
+    Figures whose metrics no run logged are left out (e.g. no frontier without KL); ``curves`` (the survival
+    curves of analysis.collapse) adds the time-to-collapse plot, ``effects`` the forest plot.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +228,8 @@ def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFr
             figures["frontier"] = save_figure(frontier(bands, kl_metric, rewards, stability, colours), out_dir,
                                         "frontier")
     figures["stability_heatmap"] = save_figure(stability_heatmap(summary), out_dir, "stability_heatmap")
+    if curves is not None and len(curves):
+        figures["survival"] = save_figure(survival(curves, stability, colours), out_dir, "survival")
     if effects is not None and len(effects):
         figures["effects"] = save_figure(forest(effects), out_dir, "effects")
     return figures

@@ -7,9 +7,13 @@
 * ``report.md``: the same, with the figures linked as files;
 * ``summary.csv`` (``arm_summary``: one row per arm), ``runs.csv`` (``run_stability`` joined with the
   ``runs`` frame: one row per run);
-* ``figures/{traces,frontier,stability_heatmap}.{png,svg}``;
+* ``collapse.csv`` (``analysis.collapse.collapse_table``: per arm the collapse probability with its exact
+  interval, the Kaplan-Meier median onset and survival at the last step; against the baseline the difference in
+  probability and the log-rank p) and ``survival.csv`` (the Kaplan-Meier curves), the table in both reports;
+* ``figures/{traces,frontier,stability_heatmap,survival}.{png,svg}``;
 * with a ``baseline`` arm: ``effects.csv`` (``analysis.effects.arm_effects``), its table in both reports and
-  ``figures/effects.{png,svg}`` (the forest plot).
+  ``figures/effects.{png,svg}`` (the forest plot); ``plan.csv`` (``analysis.planner.seed_plan``: the runs
+  needed to detect each effect) and its table.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.collapse import collapse_table, display_collapse
 from analysis.effects import arm_effects, display_effects
 from analysis.load import SAMPLES_FILE, load_samples
 from analysis.names import KL_PREFERENCE, kl_label
+from analysis.planner import display_plan, seed_plan
 from analysis.plots import write_figures
 from analysis.stability import (DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules, arm_summary,
                                 reference_kl_runs, run_stability)
@@ -33,11 +39,17 @@ FIGURE_TITLES = {
     "traces": "Training traces per arm (mean of smoothed runs, band: min-max over runs)",
     "frontier": "Reward vs sqrt(KL) frontier",
     "stability_heatmap": "Stability criteria: fraction of runs passing",
+    "survival": "Time to collapse per arm (Kaplan-Meier)",
     "effects": "Effects against the baseline arm (forest plot)",
 }
 EFFECTS_NOTE = ("Each arm's mean minus the baseline's over runs, [95% CI]: paired by seed and testbed instance "
                 "(\"pairs\": how many), else Welch's unpaired interval. Collapse fraction: the difference in the "
-                "share of runs collapsed; collapse onset: over runs that collapsed.")
+                "share of runs collapsed (Newcombe's interval); collapse onset: over runs that collapsed.")
+COLLAPSE_NOTE = ("Collapse probability per arm with the exact (Clopper-Pearson) 95% interval; the time to collapse "
+                 "as a Kaplan-Meier curve, runs that never collapsed censored at their last step: its median onset "
+                 "and the probability of no collapse by the arm's last step (95%, log-log). Against the baseline: "
+                 "the difference in probability (Newcombe) and the log-rank test's p. Details in collapse.csv and "
+                 "survival.csv.")
 MAX_RESPONSE_CHARS = 1200
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -53,11 +65,14 @@ pre { white-space: pre-wrap; background: #f7f7f7; padding: .5em; border-radius: 
 
 def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: CollapseRules = CollapseRules(),
                  final_window: int = DEFAULT_FINAL_WINDOW, kl_budgets=DEFAULT_KL_BUDGETS,
-                 samples_per_step: int = 3, sources=(), baseline: str | None = None) -> Path:
+                 samples_per_step: int = 3, sources=(), baseline: str | None = None,
+                 planning: dict | None = None) -> Path:
     """Write the full report of ``load_runs``' frames into ``out_dir``; return the path of report.html.
 
     ``sources``: the input paths, listed in the report's header. ``baseline``: an arm; adds the effects of
-    every other arm against it (effects.csv, a table and the forest plot; analysis.effects). Raises ValueError
+    every other arm against it (effects.csv, a table and the forest plot; analysis.effects) and the seed
+    planner's runs needed (plan.csv and a table; ``planning``: analysis.planner.seed_plan's effects, power,
+    alpha). Raises ValueError
     when ``runs`` is empty or ``baseline`` is not one of its arms.
     """
     if runs.empty:
@@ -70,15 +85,22 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
     extra = runs[[c for c in runs.columns if c not in stability.columns or c == "run_id"]]
     per_run = stability.merge(extra, on="run_id", how="left")
     per_run.to_csv(out_dir / "runs.csv", index=False)
-    effects = None
+    effects = plan = None
     if baseline is not None:
         effects = arm_effects(per_run, baseline)
         effects.to_csv(out_dir / "effects.csv", index=False)
-    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects)
+        plan = seed_plan(per_run, baseline, **(planning or {}))
+        plan.to_csv(out_dir / "plan.csv", index=False)
+    collapse, curves = collapse_table(stability, baseline)
+    collapse.to_csv(out_dir / "collapse.csv", index=False)
+    curves.to_csv(out_dir / "survival.csv", index=False)
+    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects, curves)
     report = {
         "header": _header(runs, stability, sources) + reference_kl_note(runs, stability),
         "summary": display_summary(summary, kl_budgets),
+        "collapse": display_collapse(collapse),
         "effects": None if effects is None else (baseline, display_effects(effects)),
+        "plan": None if plan is None else (plan_note(plan), display_plan(plan)),
         "figures": figures,
         "samples": arm_samples(runs, stability, samples_per_step),
         "runs": display_runs(stability),
@@ -88,6 +110,17 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(report))
     return html_path
+
+
+def plan_note(plan: pd.DataFrame) -> str:
+    """What the seed planner's table means, with its power and alpha."""
+    power, alpha = (plan[c].iloc[0] if len(plan) else math.nan for c in ("power", "alpha"))
+    return (f"Runs needed to detect each effect against {plan['baseline'].iloc[0] if len(plan) else 'the baseline'} "
+            f"with power {power:g} at alpha {alpha:g} (two-sided), this sweep's spread taken as a pilot: pairs of "
+            "runs (paired by seed and instance, paired t test) or runs per arm (two-sample t test; collapse: test "
+            "of proportions). The effect is the pilot's own unless given (rlhf-report --effect METRIC=SIZE); "
+            "'–': the pilot cannot say (under 2 runs a side, or no effect). Details in plan.csv; "
+            "rlhf-report --plan prints it.")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -251,9 +284,15 @@ def render_html(report: dict) -> str:
     parts += [f'<p class="meta">{e(line)}</p>' for line in report["header"]]
     parts += ["<h2>Summary per arm</h2>", "<p>Mean ± 95% CI (t) over seeds; details in summary.csv.</p>",
               report["summary"].to_html(index=False, border=0, na_rep="–")]
+    parts += ["<h2>Collapse: probability and time course</h2>", f"<p>{e(COLLAPSE_NOTE)}</p>",
+              report["collapse"].to_html(index=False, border=0, na_rep="–")]
     if report.get("effects") is not None:
         baseline, table = report["effects"]
         parts += [f"<h2>Effects against {e(baseline)}</h2>", f"<p>{e(EFFECTS_NOTE)} Details in effects.csv.</p>",
+                  table.to_html(index=False, border=0, na_rep="–")]
+    if report.get("plan") is not None:
+        note, table = report["plan"]
+        parts += ["<h2>Runs needed (seed planner)</h2>", f"<p>{e(note)}</p>",
                   table.to_html(index=False, border=0, na_rep="–")]
     parts.append("<h2>Figures</h2>")
     for name, png in report["figures"].items():
@@ -311,10 +350,15 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     lines = ["# RLHF stability report", ""] + [f"{line}  " for line in report["header"]]
     lines += ["", "## Summary per arm", "", "Mean ± 95% CI (t) over seeds; details in summary.csv.", "",
               markdown_table(report["summary"].astype(str)), ""]
+    lines += ["## Collapse: probability and time course", "", COLLAPSE_NOTE, "",
+              markdown_table(report["collapse"].astype(str)), ""]
     if report.get("effects") is not None:
         baseline, table = report["effects"]
         lines += [f"## Effects against {baseline}", "", f"{EFFECTS_NOTE} Details in effects.csv.", "",
                   markdown_table(table.astype(str)), ""]
+    if report.get("plan") is not None:
+        note, table = report["plan"]
+        lines += ["## Runs needed (seed planner)", "", note, "", markdown_table(table.astype(str)), ""]
     lines += ["## Figures", ""]
     for name, png in report["figures"].items():
         lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({Path(png).relative_to(out_dir)})",

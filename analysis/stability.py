@@ -334,7 +334,7 @@ def run_metrics(trace: pd.DataFrame, rules: CollapseRules = CollapseRules(),
 
 def run_stability(runs: pd.DataFrame, traces: pd.DataFrame, rules: CollapseRules = CollapseRules(),
                   final_window: int = DEFAULT_FINAL_WINDOW, kl_budgets=DEFAULT_KL_BUDGETS) -> pd.DataFrame:
-    """One row per run of ``runs``: run_id, arm, seed, status, n_steps, diverged and ``run_metrics``.
+    """One row per run of ``runs``: run_id, arm, seed, status, n_steps, last_step, diverged and ``run_metrics``.
 
     ``diverged`` is True when the status is "diverged" or the run logged a NaN or infinite value.
     """
@@ -345,12 +345,12 @@ def run_stability(runs: pd.DataFrame, traces: pd.DataFrame, rules: CollapseRules
     for run in runs.to_dict("records"):
         rows.append({
             "run_id": run["run_id"], "arm": run["arm"], "seed": run["seed"], "status": run["status"],
-            "n_steps": run["n_steps"],
+            "n_steps": run["n_steps"], "last_step": run.get("last_step"),
             "diverged": run["status"] == "diverged" or run["nonfinite_values"] > 0,
             **run_metrics(per_run.get(run["run_id"], empty), rules, final_window, kl_budgets),
         })
     stability = pd.DataFrame(rows)
-    for column in ("seed", "n_steps", "peak_gold_step", "collapse_onset", "collapse_confirmed_step"):
+    for column in ("seed", "n_steps", "last_step", "peak_gold_step", "collapse_onset", "collapse_confirmed_step"):
         stability[column] = stability[column].astype("Int64")
     return stability
 

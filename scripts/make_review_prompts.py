@@ -9,15 +9,15 @@ Every 5th subject (all 4 of its prompts) is held out, so the held-out split asks
 import json
 from pathlib import Path
 
-TEMPLATES = (
-    "Write a short review of {}.",
-    "Describe {} in two sentences.",
+TEMPLATES = (  # each asks for a sentence or a few words: most answers end within ppo.max_new_tokens
     "Write a one-sentence review of {}.",
-    "What do you think of {}? Answer briefly.",
-    "Give a brief opinion of {}.",
-    "In two or three sentences, tell a friend about {}.",
-    "Write a short, honest recommendation of {}.",
     "Describe what you like about {} in a few words.",
+    "Describe {} in one short sentence.",
+    "Give a one-sentence opinion of {}.",
+    "In one sentence, tell a friend about {}.",
+    "Write a short, one-sentence recommendation of {}.",
+    "What do you think of {}? Answer in one sentence.",
+    "Sum up {} in a few words.",
 )
 
 SUBJECTS = (

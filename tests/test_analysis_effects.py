@@ -179,8 +179,8 @@ def test_forest_plot_has_a_panel_per_defined_metric_and_a_full_range_for_collaps
     frame = pd.concat([runs("base", [0, 1, 2], [0.0, 1.0, 2.0]), runs("arm", [0, 1, 2], [0.1, 1.2, 2.3])])
     figure = forest(arm_effects(frame, "base"))
     titles = [ax.get_title() for ax in figure.axes]
-    assert titles == ["final gold", "peak gold", "final KL", "collapse fraction"]
-    collapse = figure.axes[titles.index("collapse fraction")]
+    assert titles == ["final gold", "peak gold", "final KL", "collapse probability"]
+    collapse = figure.axes[titles.index("collapse probability")]
     low, high = collapse.get_xlim()
     assert low <= -1 and high >= 1
     assert figure.axes[0].get_xlim()[1] < 1  # the other panels keep their own scale (gold: 0.2 +- 0.25)

@@ -39,9 +39,9 @@ def test_writes_every_file_into_the_default_output(report):
     code, stdout, out = report
     assert code == 0
     assert str(out / "report.html") in stdout
-    for name in ["report.html", "report.md", "summary.csv", "runs.csv"]:
+    for name in ["report.html", "report.md", "summary.csv", "runs.csv", "collapse.csv", "survival.csv", "plan.csv"]:
         assert (out / name).stat().st_size > 0, name
-    for figure in ["traces", "frontier", "stability_heatmap", "effects"]:  # effects: against ppo_max, the default
+    for figure in ["traces", "frontier", "stability_heatmap", "survival", "effects"]:  # effects: against ppo_max, the default
         for ext in ["png", "svg"]:
             assert (out / "figures" / f"{figure}.{ext}").stat().st_size > 1000, (figure, ext)
 
@@ -69,10 +69,36 @@ def test_runs_csv_has_one_row_per_run(report):
     assert starting["collapse_rule"] == "insufficient"
 
 
+def test_collapse_probability_and_survival_files(report):
+    collapse = pd.read_csv(report[2] / "collapse.csv").set_index("arm")
+    # vanilla: 2 of 2 collapsed, exact interval [0.025 ** (1 / 2), 1]; ppo_max: 0 of 2 (its third run has only
+    # started: the detector could not decide, so it is left out), [0, 1 - 0.025 ** (1 / 2)]
+    assert collapse.loc["vanilla", ["collapsed", "n_runs", "p_collapse"]].tolist() == [2, 2, 1.0]
+    assert collapse.loc["vanilla", "p_low"] == pytest.approx(0.025 ** 0.5)
+    assert collapse.loc["ppo_max", ["collapsed", "n_runs"]].tolist() == [0, 2]
+    assert collapse.loc["ppo_max", "p_high"] == pytest.approx(1 - 0.025 ** 0.5)
+    assert collapse.loc["ppo_max", "survival_end"] == 1.0 and collapse.loc["vanilla", "survival_end"] == 0.0
+    survival = pd.read_csv(report[2] / "survival.csv")
+    assert survival.groupby("arm")["survival"].apply(lambda s: s.is_monotonic_decreasing).all()
+    assert "Collapse: probability and time course" in (report[2] / "report.md").read_text()
+
+
+def test_seed_plan_in_the_report_and_on_the_command_line(sweep, report, capsys):
+    plan = pd.read_csv(report[2] / "plan.csv")
+    assert set(plan["arm"]) == {"vanilla", "no_kl_penalty"} and (plan["baseline"] == "ppo_max").all()
+    assert "Runs needed (seed planner)" in (report[2] / "report.md").read_text()
+    assert main([str(sweep), "--no-progress", "--plan", "--effect", "final_gold=0.05", "--power", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "power 0.9" in printed and "| no_kl_penalty | final gold |" in printed and "+0.05" in printed
+    with pytest.raises(SystemExit) as bad:
+        main([str(sweep), "--plan", "--effect", "final_reward=0.1"])
+    assert bad.value.code == 2 and "unknown metric 'final_reward'" in capsys.readouterr().err
+
+
 def test_html_is_self_contained_with_escaped_samples(report):
     page = (report[2] / "report.html").read_text()
     sources = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert len([s for s in sources if s.startswith("data:image/png;base64,")]) == 4  # with the effects' forest
+    assert len([s for s in sources if s.startswith("data:image/png;base64,")]) == 5  # with survival and forest
     assert all(s.startswith("data:") for s in sources)
     assert "<script" not in page
     assert "&lt;b&gt;nice&lt;/b&gt;" in page and "<b>nice</b>" not in page
@@ -86,7 +112,7 @@ def test_html_is_self_contained_with_escaped_samples(report):
 def test_markdown_links_existing_figures(report):
     markdown = (report[2] / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
-    assert len(links) == 4 and all((report[2] / link).is_file() for link in links)  # effects vs ppo_max too
+    assert len(links) == 5 and all((report[2] / link).is_file() for link in links)  # survival, effects too
     assert "| arm | runs | completed |" in markdown
     assert "## Collapse rules" in markdown
 

@@ -427,8 +427,8 @@ class ToyDPOConfig:
 
 @dataclass
 class ReviewsRMConfig:
-    pairs: int = 256  # training preference pairs: two SFT-policy responses to one train prompt, labelled by the noisy judge on the gold reward
-    eval_pairs: int = 64  # held-out pairs, on held-out prompts (subjects the train prompts never name), for rm_report.json
+    pairs: int = 384  # training preference pairs: two SFT-policy responses to one train prompt, labelled by the noisy judge on the gold reward
+    eval_pairs: int = 96  # held-out pairs, on held-out prompts (subjects the train prompts never name), for rm_report.json
     calibration_samples: int = 128  # SFT-policy responses whose score spread is scaled to 1
     label_noise: float = 0.3  # temperature of the Bradley-Terry labeller: P(a > b) = sigmoid((g_a - g_b) / noise)
     layers: int = 6  # the reward model's backbone: SmolLM2's embeddings, its first `layers` of 30 decoder layers and its final norm

@@ -36,7 +36,7 @@ from rlhf_lab.engine.models import load_policy, load_tokenizer
 from rlhf_lab.engine.preference import agreement, preference_pairs, reward_scores, sample_responses, train_bradley_terry
 from rlhf_lab.engine.progress import Progress
 from rlhf_lab.reviews.gold import ReviewGold
-from rlhf_lab.reviews.prompts import load_prompts
+from rlhf_lab.reviews.prompts import load_prompts, prompts_digest
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def prepare(cfg: Config, cache_root: Path) -> ReviewArtifacts:
     code = code_fingerprint(__name__)  # any change to the builders (or what they import) rebuilds
     sft_spec = {"stage": "smollm2", "code": code, "gguf": GGUF_FILE}
     sft_dir = cached_build(cache_root, "reviews-sft", sft_spec, _convert)
-    rm_spec = {"stage": "rm", "code": code, "sft": sft_spec, "rm": asdict(cfg.task.reviews),
+    rm_spec = {"stage": "rm", "code": code, "sft": sft_spec, "rm": asdict(cfg.task.reviews), "prompts": prompts_digest(),
                "max_new_tokens": cfg.ppo.max_new_tokens}
     rm_dir = cached_build(cache_root, "reviews-rm", rm_spec, lambda out: _train_rm(out, cfg, sft_dir))
     rows = [json.loads(line) for line in (rm_dir / DEMONSTRATIONS).read_text().splitlines()]
