@@ -96,7 +96,7 @@ def newcombe_interval(arm, base, level: float = 0.95) -> tuple[float, float, flo
             difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 
 
-def _values(runs: pd.DataFrame, metric: str, suffix: str = "") -> pd.Series:
+def metric_values(runs: pd.DataFrame, metric: str, suffix: str = "") -> pd.Series:
     """``metric`` of each run as floats (collapsed: 0/1); the onset only where the run collapsed."""
     values = runs[metric + suffix].astype("float64")
     if metric == "collapse_onset":
@@ -126,8 +126,8 @@ def arm_effects(stability: pd.DataFrame, baseline: str) -> pd.DataFrame:
         for metric, label in EFFECT_METRICS.items():
             if metric not in stability:
                 continue
-            arm_values, base_values = _values(runs, metric), _values(base, metric)
-            differences = (_values(pairs, metric) - _values(pairs, metric, "_base")).dropna()
+            arm_values, base_values = metric_values(runs, metric), metric_values(base, metric)
+            differences = (metric_values(pairs, metric) - metric_values(pairs, metric, "_base")).dropna()
             if metric == "collapsed":
                 (effect, low, high), n_pairs = newcombe_interval(arm_values, base_values), 0
             else:

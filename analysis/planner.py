@@ -26,7 +26,7 @@ import pandas as pd
 from statsmodels.stats.power import NormalIndPower, TTestIndPower, TTestPower
 from statsmodels.stats.proportion import proportion_effectsize
 
-from analysis.effects import _values, pair_keys
+from analysis.effects import metric_values, pair_keys
 
 PLANNED_METRICS = {"final_gold": "final gold", "peak_gold": "peak gold", "final_kl": "final KL",
                    "collapsed": "collapse probability"}
@@ -114,7 +114,7 @@ def seed_plan(stability: pd.DataFrame, baseline: str, effects: dict[str, float] 
         for metric, label in PLANNED_METRICS.items():
             if metric not in stability:
                 continue
-            arm_values, base_values = _values(runs, metric).dropna(), _values(base, metric).dropna()
+            arm_values, base_values = metric_values(runs, metric).dropna(), metric_values(base, metric).dropna()
             pilot = float(arm_values.mean() - base_values.mean()) if len(arm_values) and len(base_values) else math.nan
             target = effects.get(metric, pilot)
             if metric == "collapsed":
@@ -122,7 +122,7 @@ def seed_plan(stability: pd.DataFrame, baseline: str, effects: dict[str, float] 
                 needed = proportion_runs_needed(p_base + target, p_base, power, alpha)
                 sd, design, pilot_n = math.nan, "unpaired", min(len(arm_values), len(base_values))
             else:
-                differences = (_values(pairs, metric) - _values(pairs, metric, "_base")).dropna() \
+                differences = (metric_values(pairs, metric) - metric_values(pairs, metric, "_base")).dropna() \
                     if pairs is not None else pd.Series(dtype="float64")
                 if len(differences) >= 2:
                     sd, design, pilot_n = float(differences.std(ddof=1)), "paired", len(differences)

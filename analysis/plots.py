@@ -8,6 +8,8 @@
 * ``stability_heatmap``: arms x stability criteria, the fraction of the arm's runs passing each.
 * ``survival``: the Kaplan-Meier curve of each arm, P(no collapse by step t), with its 95 % band
   (analysis.collapse); a tick where a run that never collapsed ends (censored).
+* ``interactions`` (a factorial sweep): per outcome, a terms x terms heatmap: main effects on the diagonal,
+  two-way interactions off it (analysis.factorial), * where Holm-significant.
 * ``effects`` (with a baseline arm): a forest plot, one panel per metric, one row per arm: its effect
   against the baseline with the 95% interval (filled: paired by seed and instance; open: unpaired), and a line
   at 0 (no effect).
@@ -204,13 +206,46 @@ def survival(curves: pd.DataFrame, stability: pd.DataFrame, colours: dict) -> Fi
     return fig
 
 
+def interactions(effects: pd.DataFrame) -> Figure:
+    """Heatmaps of ``analysis.factorial.factorial_effects``: one panel per outcome, rows and columns the main
+    terms, the diagonal their main effects, cell (i, j) the interaction of terms i and j; coloured (scaled per
+    panel, red negative, blue positive) only where Holm-significant, grey elsewhere."""
+    outcomes = list(dict.fromkeys(effects["label"]))
+    mains = list(dict.fromkeys(effects.loc[effects["kind"] == "main", "term"]))
+    size = 0.55 * len(mains) + 2.2
+    fig = Figure(figsize=(size * len(outcomes), size), layout="constrained")
+    axes = fig.subplots(1, len(outcomes), squeeze=False)[0]
+    for ax, outcome in zip(axes, outcomes):
+        rows = effects[effects["label"] == outcome].set_index("term")
+        matrix = np.full((len(mains), len(mains)), np.nan)
+        stars = np.zeros_like(matrix, dtype=bool)
+        for i, a in enumerate(mains):
+            for j, b in enumerate(mains):
+                term = a if i == j else next((t for t in (f"{a} x {b}", f"{b} x {a}") if t in rows.index), None)
+                if term is not None:
+                    matrix[i, j], stars[i, j] = rows.loc[term, "estimate"], bool(rows.loc[term, "significant"])
+        shown = np.where(stars, matrix, np.nan)  # only what survives Holm's correction is coloured
+        bound = np.nanmax(np.abs(shown)) if np.isfinite(shown).any() else 1.0
+        ax.imshow(np.isfinite(matrix) * 0.0, cmap="Greys", vmin=0, vmax=8)  # light grey under every cell
+        ax.imshow(shown, cmap="RdBu", vmin=-bound or -1, vmax=bound or 1)
+        for (i, j), value in np.ndenumerate(matrix):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:+.2f}" + ("*" if stars[i, j] else ""), ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(mains)), mains, rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(len(mains)), mains if ax is axes[0] else [""] * len(mains), fontsize=7)
+        ax.set_title(outcome, fontsize=9)
+    fig.suptitle("factorial effects: main (diagonal) and two-way interactions (* Holm-significant)", fontsize=10)
+    return fig
+
+
 def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFrame, summary: pd.DataFrame,
                   out_dir, window: int, effects: pd.DataFrame | None = None,
-                  curves: pd.DataFrame | None = None) -> dict[str, Path]:
+                  curves: pd.DataFrame | None = None, factorial: pd.DataFrame | None = None) -> dict[str, Path]:
     """Draw and save every figure into ``out_dir`` (PNG + SVG); return {figure name: PNG path}.
 
     Figures whose metrics no run logged are left out (e.g. no frontier without KL); ``curves`` (the survival
-    curves of analysis.collapse) adds the time-to-collapse plot, ``effects`` the forest plot.
+    curves of analysis.collapse) adds the time-to-collapse plot, ``factorial`` (analysis.factorial's effects) the
+    interaction heatmaps, ``effects`` the forest plot.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +265,8 @@ def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFr
     figures["stability_heatmap"] = save_figure(stability_heatmap(summary), out_dir, "stability_heatmap")
     if curves is not None and len(curves):
         figures["survival"] = save_figure(survival(curves, stability, colours), out_dir, "survival")
+    if factorial is not None and len(factorial):
+        figures["interactions"] = save_figure(interactions(factorial), out_dir, "interactions")
     if effects is not None and len(effects):
         figures["effects"] = save_figure(forest(effects), out_dir, "effects")
     return figures

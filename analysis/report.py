@@ -11,6 +11,8 @@
   interval, the Kaplan-Meier median onset and survival at the last step; against the baseline the difference in
   probability and the log-rank p) and ``survival.csv`` (the Kaplan-Meier curves), the table in both reports;
 * ``figures/{traces,frontier,stability_heatmap,survival}.{png,svg}``;
+* for a factorial sweep (arms labelled ``key=level,...``): ``factorial.csv`` (``analysis.factorial``: main
+  effects and two-way interactions with Holm-corrected p), its table and ``figures/interactions.{png,svg}``;
 * with a ``baseline`` arm: ``effects.csv`` (``analysis.effects.arm_effects``), its table in both reports and
   ``figures/effects.{png,svg}`` (the forest plot); ``plan.csv`` (``analysis.planner.seed_plan``: the runs
   needed to detect each effect) and its table.
@@ -28,6 +30,7 @@ import pandas as pd
 
 from analysis.collapse import collapse_table, display_collapse
 from analysis.effects import arm_effects, display_effects
+from analysis.factorial import design_levels, display_factorial, factorial_effects
 from analysis.load import SAMPLES_FILE, load_samples
 from analysis.names import KL_PREFERENCE, kl_label
 from analysis.planner import display_plan, seed_plan
@@ -40,11 +43,18 @@ FIGURE_TITLES = {
     "frontier": "Reward vs sqrt(KL) frontier",
     "stability_heatmap": "Stability criteria: fraction of runs passing",
     "survival": "Time to collapse per arm (Kaplan-Meier)",
+    "interactions": "Factorial effects: main effects and two-way interactions",
     "effects": "Effects against the baseline arm (forest plot)",
 }
 EFFECTS_NOTE = ("Each arm's mean minus the baseline's over runs, [95% CI]: paired by seed and testbed instance "
                 "(\"pairs\": how many), else Welch's unpaired interval. Collapse fraction: the difference in the "
                 "share of runs collapsed (Newcombe's interval); collapse onset: over runs that collapsed.")
+FACTORIAL_NOTE = ("The sweep is a factorial design (arms labelled key=level,...): each main effect is the change from "
+                  "a factor's reference level, averaged over the other factors; each two-way interaction how much one "
+                  "factor's effect changes with the other's level (a difference of differences). Least squares with "
+                  "the testbed instance and the seed as blocks, [95% CI]; collapse: linear probability model with HC3 "
+                  "errors. * : significant after Holm's correction over every effect of the table (family-wise error "
+                  "5%). Details in factorial.csv.")
 COLLAPSE_NOTE = ("Collapse probability per arm with the exact (Clopper-Pearson) 95% interval; the time to collapse "
                  "as a Kaplan-Meier curve, runs that never collapsed censored at their last step: its median onset "
                  "and the probability of no collapse by the arm's last step (95%, log-log). Against the baseline: "
@@ -91,14 +101,19 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
         effects.to_csv(out_dir / "effects.csv", index=False)
         plan = seed_plan(per_run, baseline, **(planning or {}))
         plan.to_csv(out_dir / "plan.csv", index=False)
+    factorial = factorial_effects(per_run, levels=design_levels(per_run))
+    if len(factorial):
+        factorial.to_csv(out_dir / "factorial.csv", index=False)
     collapse, curves = collapse_table(stability, baseline)
     collapse.to_csv(out_dir / "collapse.csv", index=False)
     curves.to_csv(out_dir / "survival.csv", index=False)
-    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects, curves)
+    figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects, curves,
+                            factorial)
     report = {
         "header": _header(runs, stability, sources) + reference_kl_note(runs, stability),
         "summary": display_summary(summary, kl_budgets),
         "collapse": display_collapse(collapse),
+        "factorial": display_factorial(factorial) if len(factorial) else None,
         "effects": None if effects is None else (baseline, display_effects(effects)),
         "plan": None if plan is None else (plan_note(plan), display_plan(plan)),
         "figures": figures,
@@ -284,6 +299,9 @@ def render_html(report: dict) -> str:
     parts += [f'<p class="meta">{e(line)}</p>' for line in report["header"]]
     parts += ["<h2>Summary per arm</h2>", "<p>Mean ± 95% CI (t) over seeds; details in summary.csv.</p>",
               report["summary"].to_html(index=False, border=0, na_rep="–")]
+    if report.get("factorial") is not None:
+        parts += ["<h2>Factorial effects</h2>", f"<p>{e(FACTORIAL_NOTE)}</p>",
+                  report["factorial"].to_html(index=False, border=0, na_rep="–")]
     parts += ["<h2>Collapse: probability and time course</h2>", f"<p>{e(COLLAPSE_NOTE)}</p>",
               report["collapse"].to_html(index=False, border=0, na_rep="–")]
     if report.get("effects") is not None:
@@ -350,6 +368,8 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     lines = ["# RLHF stability report", ""] + [f"{line}  " for line in report["header"]]
     lines += ["", "## Summary per arm", "", "Mean ± 95% CI (t) over seeds; details in summary.csv.", "",
               markdown_table(report["summary"].astype(str)), ""]
+    if report.get("factorial") is not None:
+        lines += ["## Factorial effects", "", FACTORIAL_NOTE, "", markdown_table(report["factorial"].astype(str)), ""]
     lines += ["## Collapse: probability and time course", "", COLLAPSE_NOTE, "",
               markdown_table(report["collapse"].astype(str)), ""]
     if report.get("effects") is not None:

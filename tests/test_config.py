@@ -17,6 +17,7 @@ from hydra.errors import ConfigCompositionException
 from rlhf_lab.config.checks import to_config
 from rlhf_lab.config.schema import TRICK_GROUPS, Config, ConfigError, register_schema
 from rlhf_lab.config.paths import conf_dir
+from rlhf_lab.run.design import fraction, full_factorial
 
 register_schema()
 PRESETS = tuple(sorted(p.stem for p in (conf_dir() / "preset").glob("*.yaml")))
@@ -198,9 +199,18 @@ def test_a_plain_wheel_install_finds_its_config_tree(tmp_path):
     assert out.returncode == 0 and "iterations: 6" in out.stdout, out.stderr
 
 
+def sweep_arms(path: Path) -> dict[str, list[str]]:
+    """A sweep file's arms: its named arms, or one per run of its factorial design."""
+    sweeper = yaml.safe_load(path.read_text()).get("hydra", {}).get("sweeper", {})
+    if sweeper.get("factors"):
+        factors, resolution = sweeper["factors"], sweeper.get("resolution")
+        runs = full_factorial(factors) if resolution is None else fraction(factors, resolution)[0]
+        return {",".join(f"{k}={v}" for k, v in run.items()): [f"{k}={v}" for k, v in run.items()] for run in runs}
+    return sweeper.get("arms") or {}
+
+
 SWEEP_ARMS = [(sweep.stem, arm, overrides) for sweep in sorted((conf_dir() / "sweep").glob("*.yaml"))
-              for arm, overrides in (__import__("yaml").safe_load(sweep.read_text()).get("hydra", {})
-                                     .get("sweeper", {}).get("arms") or {}).items()]
+              for arm, overrides in sweep_arms(sweep).items()]
 
 
 @pytest.mark.parametrize("sweep,arm,overrides", SWEEP_ARMS, ids=[f"{s}-{a}" for s, a, _ in SWEEP_ARMS])

@@ -41,6 +41,30 @@ def test_smoke_sweep_labels_arms_and_seeds(tmp_path, cache):
     assert "4 runs: 4 completed" in out.stdout
 
 
+def test_fractional_factorial_sweep_runs_its_design(tmp_path, cache):
+    # 3 two-level factors at resolution III: the half fraction I = ABC, 4 runs, each an arm labelled by its levels
+    factors = ["+hydra.sweeper.factors.kl_penalty=[off,token]", "+hydra.sweeper.factors.adv_norm=[off,whiten]",
+               "+hydra.sweeper.factors.value_clip=[off,on]"]
+    out = rlhf_train("-m", *factors, "hydra.sweeper.resolution=3", "seed=0", *TINY,
+                     "iterations=1", f"cache_dir={cache}", f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    design = json.loads((tmp_path / "design.json").read_text())
+    assert design["defining_relation"] == ["ABC"] and len(design["runs"]) == 4
+    runs = [json.loads(p.read_text()) for p in tmp_path.glob("*/run.json")]
+    assert len(runs) == 4 and {r["status"] for r in runs} == {"completed"}
+    for run in runs:
+        levels = dict(part.split("=") for part in run["arm"].split(","))
+        assert levels == {k: run["tricks"][k] for k in levels}  # each run has its arm's levels
+        signs = [levels[k] != first for k, first in (("kl_penalty", "off"), ("adv_norm", "off"), ("value_clip", "off"))]
+        assert sum(signs) % 2 == 1  # I = ABC: an odd number of factors at their second level
+
+
+def test_a_sweep_declares_arms_or_factors_not_both(tmp_path):
+    out = rlhf_train("-m", "sweep=smoke", "+hydra.sweeper.factors.kl_penalty=[off,token]", *TINY,
+                     f"hydra.sweep.dir={tmp_path}", timeout=120)
+    assert out.returncode != 0 and "either hydra.sweeper.arms or hydra.sweeper.factors" in out.stderr
+
+
 def test_a_diverged_and_a_failed_run_do_not_stop_the_sweep(tmp_path, cache):
     # arm 1 diverges (absurd learning rate), arm 2 fails (its artefact cache cannot be written)
     blocked = tmp_path / "blocked"
