@@ -76,7 +76,7 @@ def survival_curve(runs: pd.DataFrame) -> pd.DataFrame:
     Greenwood). -> rows (step, survival, low, high), starting at step 0 with S = 1; empty without runs."""
     data = censored_times(runs)
     if len(data) == 0:
-        return pd.DataFrame(columns=["step", "survival", "low", "high"])
+        return pd.DataFrame({column: pd.Series(dtype="float64") for column in ("step", "survival", "low", "high")})
     sf = stats.ecdf(data).sf
     if _events(data) == 0:  # no event: S = 1 throughout, no interval to compute
         low = high = np.ones_like(sf.quantiles)
@@ -130,6 +130,7 @@ def collapse_table(stability: pd.DataFrame, baseline: str | None = None) -> tupl
             row.update(difference=difference, difference_low=d_low, difference_high=d_high,
                        logrank_p=logrank_p(runs, base))
         rows.append(row)
+    curves = [curve for curve in curves if len(curve)]
     survival = pd.concat(curves, ignore_index=True)[SURVIVAL_COLUMNS] if curves else pd.DataFrame(
         columns=SURVIVAL_COLUMNS)
     return pd.DataFrame(rows, columns=COLLAPSE_COLUMNS), survival

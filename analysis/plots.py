@@ -8,6 +8,8 @@
 * ``stability_heatmap``: arms x stability criteria, the fraction of the arm's runs passing each.
 * ``survival``: the Kaplan-Meier curve of each arm, P(no collapse by step t), with its 95 % band
   (analysis.collapse); a tick where a run that never collapsed ends (censored).
+* ``rm_quality`` (runs with reward models of different quality): peak and final gold against the reward
+  model's agreement with gold, one colour and least-squares line per policy group (analysis.rm_quality).
 * ``interactions`` (a factorial sweep): per outcome, a terms x terms heatmap: main effects on the diagonal,
   two-way interactions off it (analysis.factorial), * where Holm-significant.
 * ``effects`` (with a baseline arm): a forest plot, one panel per metric, one row per arm: its effect
@@ -206,6 +208,29 @@ def survival(curves: pd.DataFrame, stability: pd.DataFrame, colours: dict) -> Fi
     return fig
 
 
+def rm_quality(points: pd.DataFrame) -> Figure:
+    """Peak and final gold against the reward model's held-out agreement with gold (``analysis.rm_quality.points``):
+    a dot per run and a least-squares line per group."""
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    colours = arm_colours(dict.fromkeys(points["group"]))
+    for ax, (outcome, label) in zip(axes, (("peak_gold", "peak gold"), ("final_gold", "final gold"))):
+        for group, rows in points.groupby("group", sort=False):
+            data = rows[["reward_model.gold_accuracy", outcome]].dropna()
+            x, y = data.iloc[:, 0].to_numpy(), data.iloc[:, 1].to_numpy()
+            ax.plot(x, y, "o", color=colours[group], ms=4, alpha=0.8, label=group)
+            if len(np.unique(x)) >= 2:
+                slope, intercept = np.polyfit(x, y, 1)
+                grid = np.linspace(x.min(), x.max(), 20)
+                ax.plot(grid, intercept + slope * grid, color=colours[group], lw=1.4)
+        ax.set_xlabel("reward model's agreement with gold (held-out pairs)")
+        ax.set_title(label, fontsize=9)
+    axes[0].set_ylabel("gold reward")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("does the reward model's quality bound the policy? (one dot per run)", fontsize=10)
+    return fig
+
+
 def interactions(effects: pd.DataFrame) -> Figure:
     """Heatmaps of ``analysis.factorial.factorial_effects``: one panel per outcome, rows and columns the main
     terms, the diagonal their main effects, cell (i, j) the interaction of terms i and j; coloured (scaled per
@@ -240,12 +265,14 @@ def interactions(effects: pd.DataFrame) -> Figure:
 
 def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFrame, summary: pd.DataFrame,
                   out_dir, window: int, effects: pd.DataFrame | None = None,
-                  curves: pd.DataFrame | None = None, factorial: pd.DataFrame | None = None) -> dict[str, Path]:
+                  curves: pd.DataFrame | None = None, factorial: pd.DataFrame | None = None,
+                  rm_points: pd.DataFrame | None = None) -> dict[str, Path]:
     """Draw and save every figure into ``out_dir`` (PNG + SVG); return {figure name: PNG path}.
 
     Figures whose metrics no run logged are left out (e.g. no frontier without KL); ``curves`` (the survival
     curves of analysis.collapse) adds the time-to-collapse plot, ``factorial`` (analysis.factorial's effects) the
-    interaction heatmaps, ``effects`` the forest plot.
+    interaction heatmaps, ``rm_points`` (analysis.rm_quality.points) the reward-model quality plot, ``effects``
+    the forest plot.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,6 +292,8 @@ def write_figures(runs: pd.DataFrame, traces: pd.DataFrame, stability: pd.DataFr
     figures["stability_heatmap"] = save_figure(stability_heatmap(summary), out_dir, "stability_heatmap")
     if curves is not None and len(curves):
         figures["survival"] = save_figure(survival(curves, stability, colours), out_dir, "survival")
+    if rm_points is not None and len(rm_points):
+        figures["rm_quality"] = save_figure(rm_quality(rm_points), out_dir, "rm_quality")
     if factorial is not None and len(factorial):
         figures["interactions"] = save_figure(interactions(factorial), out_dir, "interactions")
     if effects is not None and len(effects):

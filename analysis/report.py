@@ -13,6 +13,9 @@
 * ``figures/{traces,frontier,stability_heatmap,survival}.{png,svg}``;
 * for a factorial sweep (arms labelled ``key=level,...``): ``factorial.csv`` (``analysis.factorial``: main
   effects and two-way interactions with Holm-corrected p), its table and ``figures/interactions.{png,svg}``;
+* for runs with reward models of different recorded quality: ``rm_quality.csv`` (``analysis.rm_quality``: the
+  slope of peak and final gold on the reward model's agreement with gold, per preset), its table and
+  ``figures/rm_quality.{png,svg}``;
 * with a ``baseline`` arm: ``effects.csv`` (``analysis.effects.arm_effects``), its table in both reports and
   ``figures/effects.{png,svg}`` (the forest plot); ``plan.csv`` (``analysis.planner.seed_plan``: the runs
   needed to detect each effect) and its table.
@@ -31,6 +34,7 @@ import pandas as pd
 from analysis.collapse import collapse_table, display_collapse
 from analysis.effects import arm_effects, display_effects
 from analysis.factorial import design_levels, display_factorial, factorial_effects
+from analysis.rm_quality import display_slopes, has_rm_axis, points, rm_quality_slopes
 from analysis.load import SAMPLES_FILE, load_samples
 from analysis.names import KL_PREFERENCE, kl_label
 from analysis.planner import display_plan, seed_plan
@@ -44,10 +48,11 @@ FIGURE_TITLES = {
     "stability_heatmap": "Stability criteria: fraction of runs passing",
     "survival": "Time to collapse per arm (Kaplan-Meier)",
     "interactions": "Factorial effects: main effects and two-way interactions",
+    "rm_quality": "Gold against the reward model's quality",
     "effects": "Effects against the baseline arm (forest plot)",
 }
 EFFECTS_NOTE = ("Each arm's mean minus the baseline's over runs, [95% CI]: paired by seed and testbed instance "
-                "(\"pairs\": how many), else Welch's unpaired interval. Collapse fraction: the difference in the "
+                "(\"pairs\": how many), else Welch's unpaired interval. Collapse probability: the difference in the "
                 "share of runs collapsed (Newcombe's interval); collapse onset: over runs that collapsed.")
 FACTORIAL_NOTE = ("The sweep is a factorial design (arms labelled key=level,...): each main effect is the change from "
                   "a factor's reference level, averaged over the other factors; each two-way interaction how much one "
@@ -55,6 +60,10 @@ FACTORIAL_NOTE = ("The sweep is a factorial design (arms labelled key=level,...)
                   "the testbed instance and the seed as blocks, [95% CI]; collapse: linear probability model with HC3 "
                   "errors. * : significant after Holm's correction over every effect of the table (family-wise error "
                   "5%). Details in factorial.csv.")
+RM_QUALITY_NOTE = ("The runs used reward models of different quality (run.json reward_model.gold_accuracy: agreement "
+                   "with gold on held-out pairs). Per group, the least-squares slope of peak and final gold on that "
+                   "agreement, [95% t CI], and the correlation r: a slope above 0 says a better reward model buys more "
+                   "gold. Details in rm_quality.csv; the figure has a dot per run.")
 COLLAPSE_NOTE = ("Collapse probability per arm with the exact (Clopper-Pearson) 95% interval; the time to collapse "
                  "as a Kaplan-Meier curve, runs that never collapsed censored at their last step: its median onset "
                  "and the probability of no collapse by the arm's last step (95%, log-log). Against the baseline: "
@@ -104,16 +113,21 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
     factorial = factorial_effects(per_run, levels=design_levels(per_run))
     if len(factorial):
         factorial.to_csv(out_dir / "factorial.csv", index=False)
+    slopes = rm_points = None
+    if has_rm_axis(per_run):
+        slopes, rm_points = rm_quality_slopes(per_run), points(per_run)
+        slopes.to_csv(out_dir / "rm_quality.csv", index=False)
     collapse, curves = collapse_table(stability, baseline)
     collapse.to_csv(out_dir / "collapse.csv", index=False)
     curves.to_csv(out_dir / "survival.csv", index=False)
     figures = write_figures(runs, traces, stability, summary, out_dir / "figures", rules.window, effects, curves,
-                            factorial)
+                            factorial, rm_points)
     report = {
         "header": _header(runs, stability, sources) + reference_kl_note(runs, stability),
         "summary": display_summary(summary, kl_budgets),
         "collapse": display_collapse(collapse),
         "factorial": display_factorial(factorial) if len(factorial) else None,
+        "rm_quality": None if slopes is None else display_slopes(slopes),
         "effects": None if effects is None else (baseline, display_effects(effects)),
         "plan": None if plan is None else (plan_note(plan), display_plan(plan)),
         "figures": figures,
@@ -302,6 +316,9 @@ def render_html(report: dict) -> str:
     if report.get("factorial") is not None:
         parts += ["<h2>Factorial effects</h2>", f"<p>{e(FACTORIAL_NOTE)}</p>",
                   report["factorial"].to_html(index=False, border=0, na_rep="–")]
+    if report.get("rm_quality") is not None:
+        parts += ["<h2>Reward-model quality</h2>", f"<p>{e(RM_QUALITY_NOTE)}</p>",
+                  report["rm_quality"].to_html(index=False, border=0, na_rep="–")]
     parts += ["<h2>Collapse: probability and time course</h2>", f"<p>{e(COLLAPSE_NOTE)}</p>",
               report["collapse"].to_html(index=False, border=0, na_rep="–")]
     if report.get("effects") is not None:
@@ -370,6 +387,8 @@ def render_markdown(report: dict, out_dir: Path) -> str:
               markdown_table(report["summary"].astype(str)), ""]
     if report.get("factorial") is not None:
         lines += ["## Factorial effects", "", FACTORIAL_NOTE, "", markdown_table(report["factorial"].astype(str)), ""]
+    if report.get("rm_quality") is not None:
+        lines += ["## Reward-model quality", "", RM_QUALITY_NOTE, "", markdown_table(report["rm_quality"].astype(str)), ""]
     lines += ["## Collapse: probability and time course", "", COLLAPSE_NOTE, "",
               markdown_table(report["collapse"].astype(str)), ""]
     if report.get("effects") is not None:

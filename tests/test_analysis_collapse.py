@@ -91,3 +91,12 @@ def test_collapse_table_against_a_baseline():
     assert shown.loc["vanilla", "collapsed"] == "3/3"
     assert shown.loc["vanilla", "P(collapse) [95% exact]"] == "1.00 [0.29, 1.00]"
     assert shown.loc["vanilla", "ΔP vs ppo_max [95%]"].startswith("+1.00 [+")
+
+
+def test_arms_the_detector_cannot_decide_yet():
+    # two runs that have only just started: no curve, no probability, and the other arm unaffected
+    stability = pd.concat([runs("early", insufficient=(3, 4)), runs("vanilla", events=(40,), censored=(90,))])
+    table, survival = collapse_table(stability, baseline="vanilla")
+    early = table.set_index("arm").loc["early"]
+    assert early["n_runs"] == 0 and math.isnan(early["p_collapse"])
+    assert set(survival["arm"]) == {"vanilla"} and survival["survival"].dtype == "float64"

@@ -79,6 +79,8 @@ def test_cli_run_and_report(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 1]  # iterations are counted from 0
     assert {"reward/gold_mean", "reward/proxy_mean", "kl/ref_k1", "ppo/ptx_loss"} <= set(rows[-1])
+    recorded = json.loads((run_dir / "run.json").read_text())["reward_model"]  # the proxy's rm_report.json
+    assert 0 <= recorded["gold_accuracy"] <= 1 and recorded["train_pairs"] > 0
     report = subprocess.run([sys.executable, "-m", "analysis", str(run_dir), "-o", str(tmp_path / "report"),
                              "--no-progress"], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]

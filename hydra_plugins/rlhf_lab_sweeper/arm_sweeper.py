@@ -34,7 +34,7 @@ runs and its defining relation; analysis/factorial.py reads the levels back from
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -55,7 +55,7 @@ class ArmSweeperConf:
     max_batch_size: Optional[int] = None  # jobs per launcher batch (None: all at once, one array job on SLURM)
     params: Optional[Dict[str, str]] = None  # cartesian axes, as for the basic sweeper (e.g. seed: 0,1,2)
     arms: Optional[Dict[str, List[str]]] = None  # arm label -> the overrides that define it
-    factors: Dict[str, List[str]] = field(default_factory=dict)  # key -> its levels: a factorial design of arms (not with arms)
+    factors: Dict[str, List[Any]] = field(default_factory=dict)  # key -> its levels: a factorial design of arms (not with arms)
     resolution: Optional[int] = None  # with factors: null = full factorial; R = the smallest 2-level fraction of resolution >= R
 
 

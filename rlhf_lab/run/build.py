@@ -3,14 +3,17 @@ loads), the task's stages (toy, reviews), the four models (three for a critic-fr
 ensemble; the reference the `reference` group names), what is done to them (LoRA, gradient checkpointing), their roles on
 the runtime, the optimisers and the rollout engine.
 
-`build_trainer(cfg)` loads everything; `assemble(cfg, runtime, ...)` takes models already loaded (tests and
-benchmarks build their own).
+`build_trainer(cfg)` loads everything (`prepare_stages` first: the task's checkpoints, data and gold reward);
+`assemble(cfg, runtime, ...)` takes models already loaded (tests and benchmarks build their own).
 """
 
 from __future__ import annotations
 
+import json
 import random
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -33,42 +36,67 @@ from rlhf_lab.trainer import PPOTrainer
 T = TypeVar("T")
 
 
-def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
-    """Runtime (unless given), stages, then the models, tokenizer and data streams the PPO loop needs."""
-    runtime = runtime or Runtime.from_config(cfg)
-    check_batch_split(cfg, runtime.world_size)
-    quiet_transformers()
-    language = gold = None
-    hard_prompts, demonstrations = (), ()
+@dataclass(frozen=True)
+class Stages:
+    """What the task's stages give a run (toy and reviews build them into the artefact cache; jsonl and hf take
+    them from the config)."""
+
+    policy: str | Path  # the initial policy's checkpoint
+    tokenizer: str | Path  # its tokenizer's
+    reward_model: str | Path  # the reward model's (critic_init=reward_model starts the critic from it)
+    reward_models: list  # [reward_ensemble] every scoring member, in order
+    references: list  # the reference's checkpoints (two for a soup)
+    language: ToyLanguage | None = None  # the toy task's language
+    gold: Any = None  # the task's gold reward (toy, reviews), else None
+    hard_prompts: tuple = ()  # [reference=mpo] the prompts DPO did not train on
+    demonstrations: tuple = ()  # the reviews task's ptx data: (chat prompt, response)
+    rm_report: dict | None = None  # the stage-built reward model's rm_report.json (held-out agreement with gold...)
+
+
+def _rm_report(rm_dir: Path) -> dict | None:
+    path = Path(rm_dir) / "rm_report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def prepare_stages(cfg: Config, runtime: Runtime) -> Stages:
+    """The task's stages: built (or found in the artefact cache) on the main rank first, or named by the config."""
     if cfg.task.name == TaskKind.toy:
         from rlhf_lab.toy import stages
         from rlhf_lab.toy.gold import GoldReward
 
         artefacts = on_main_first(runtime, lambda: stages.prepare(cfg, cache_dir(cfg.cache_dir)))
-        policy_path, rm_path, language = artefacts.policy_dir, artefacts.rm_dir, artefacts.language
-        tokenizer_path = artefacts.sft_dir
-        rm_paths, reference_paths = artefacts.rm_dirs, [artefacts.reference_dir]
-        hard_prompts = artefacts.hard_prompts
-        gold = GoldReward(language)
-    elif cfg.task.name == TaskKind.reviews:
+        return Stages(policy=artefacts.policy_dir, tokenizer=artefacts.sft_dir, reward_model=artefacts.rm_dir,
+                      reward_models=list(artefacts.rm_dirs), references=[artefacts.reference_dir],
+                      language=artefacts.language, gold=GoldReward(artefacts.language),
+                      hard_prompts=artefacts.hard_prompts, rm_report=_rm_report(artefacts.rm_dir))
+    if cfg.task.name == TaskKind.reviews:
         from rlhf_lab.reviews import stages as reviews
         from rlhf_lab.reviews.gold import ReviewGold
 
         artefacts = on_main_first(runtime, lambda: reviews.prepare(cfg, cache_dir(cfg.cache_dir)))
-        policy_path = tokenizer_path = artefacts.sft_dir
-        rm_path, rm_paths, reference_paths = artefacts.rm_dir, [artefacts.rm_dir], [artefacts.sft_dir]
-        demonstrations = artefacts.demonstrations
-        gold = ReviewGold()
-    else:
-        # [reference=mpo] the policy starts from the DPO checkpoint it is held to
-        policy_path = cfg.reference.path if cfg.reference.name == Reference.mpo else cfg.model.policy
-        rm_path, tokenizer_path = cfg.model.reward_model, cfg.model.policy
-        ensemble = cfg.reward_ensemble.members > 1  # [reward_ensemble] on: its list of checkpoints
-        rm_paths = list(cfg.reward_ensemble.reward_models) if ensemble else [rm_path]
-        reference_paths = {Reference.sft: [policy_path], Reference.soup: [policy_path, cfg.reference.soup_with],
-                           Reference.mpo: [policy_path]}[cfg.reference.name]
+        return Stages(policy=artefacts.sft_dir, tokenizer=artefacts.sft_dir, reward_model=artefacts.rm_dir,
+                      reward_models=[artefacts.rm_dir], references=[artefacts.sft_dir], gold=ReviewGold(),
+                      demonstrations=artefacts.demonstrations, rm_report=_rm_report(artefacts.rm_dir))
+    # [reference=mpo] the policy starts from the DPO checkpoint it is held to
+    policy = cfg.reference.path if cfg.reference.name == Reference.mpo else cfg.model.policy
+    ensemble = cfg.reward_ensemble.members > 1  # [reward_ensemble] on: its list of checkpoints
+    return Stages(policy=policy, tokenizer=cfg.model.policy, reward_model=cfg.model.reward_model,
+                  reward_models=list(cfg.reward_ensemble.reward_models) if ensemble else [cfg.model.reward_model],
+                  references={Reference.sft: [policy], Reference.soup: [policy, cfg.reference.soup_with],
+                              Reference.mpo: [policy]}[cfg.reference.name])
+
+
+def build_trainer(cfg: Config, runtime: Runtime | None = None, stages: Stages | None = None) -> PPOTrainer:
+    """Runtime (unless given), stages (unless given: prepare_stages), then the models, tokenizer and data streams
+    the PPO loop needs."""
+    runtime = runtime or Runtime.from_config(cfg)
+    check_batch_split(cfg, runtime.world_size)
+    quiet_transformers()
+    stages = stages or prepare_stages(cfg, runtime)
+    policy_path, rm_path, rm_paths = stages.policy, stages.reward_model, stages.reward_models
+    reference_paths, tokenizer_path, language = stages.references, stages.tokenizer, stages.language
     tokenizer = load_tokenizer(tokenizer_path)
-    prompts = prompt_stream(cfg, language, hard_prompts, tokenizer)
+    prompts = prompt_stream(cfg, language, stages.hard_prompts, tokenizer)
     lora = cfg.lora.name == OnOff.on
     torch.manual_seed(cfg.seed)  # the critic's fresh head (critic_init=sft|random) depends on the run's seed
     # trainable models in fp32 (master weights; autocast computes in the compute dtype), frozen ones in it
@@ -83,8 +111,8 @@ def build_trainer(cfg: Config, runtime: Runtime | None = None) -> PPOTrainer:
         reward_model=[load_reward_model(path, runtime.compute_dtype) for path in rm_paths],  # [reward_ensemble]
         tokenizer=tokenizer,
         prompts=prompts,
-        sft_examples=sft_stream(cfg, language, demonstrations) if cfg.ptx_loss.name == OnOff.on else None,
-        gold_reward=gold,
+        sft_examples=sft_stream(cfg, language, stages.demonstrations) if cfg.ptx_loss.name == OnOff.on else None,
+        gold_reward=stages.gold,
     )
 
 

@@ -82,6 +82,13 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.run_json, json.dumps(info, indent=2) + "\n")
 
+    def update_info(self, **fields) -> dict:
+        """Add or replace fields of run.json (atomically)."""
+        info = self.read_info()
+        info.update(fields)
+        self.write_info(info)
+        return info
+
     def set_status(self, status: str, **fields) -> dict:
         assert status in STATUSES, status
         info = self.read_info()

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from rlhf_lab.run import checkpoint
 
 from rlhf_lab.engine import progress
-from rlhf_lab.run.build import build_trainer
+from rlhf_lab.run.build import build_trainer, prepare_stages
 from rlhf_lab.config.schema import Config, Distributed
 from rlhf_lab.run.launch import launch
 from rlhf_lab.run.preemption import Preemption
@@ -141,7 +141,10 @@ def execute(cfg: Config, job: Job) -> str:
     with Preemption() as preemption:
         try:
             torch.manual_seed(cfg.seed)
-            trainer = build_trainer(cfg, runtime)
+            stages = prepare_stages(cfg, runtime)
+            if writer and stages.rm_report is not None:  # the reward model's quality, beside the run's outcomes
+                run_dir.update_info(reward_model=stages.rm_report)
+            trainer = build_trainer(cfg, runtime, stages)
             if latest is not None:
                 step = checkpoint.load(trainer, latest)
                 if writer:
