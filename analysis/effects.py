@@ -104,25 +104,34 @@ def metric_values(runs: pd.DataFrame, metric: str, suffix: str = "") -> pd.Serie
     return values
 
 
+def arms_against(stability: pd.DataFrame, baseline: str):
+    """Each arm other than ``baseline``, in order of appearance, with the baseline's runs and the pairs: yields
+    (arm, its runs, the baseline's runs, pairs), pairs being the arm's runs merged with the baseline's on
+    ``pair_keys`` (the baseline's columns suffixed ``_base``); no pairs when a key repeats within either arm (the
+    pairs would be ambiguous). Raises ValueError when ``baseline`` is not one of the arms."""
+    arms = list(dict.fromkeys(stability["arm"]))
+    if baseline not in arms:
+        raise ValueError(f"baseline arm {baseline!r} is not among the runs' arms: {', '.join(arms)}")
+    keys = pair_keys(stability)
+    base = stability[stability["arm"] == baseline]
+    for arm in arms:
+        if arm == baseline:
+            continue
+        runs = stability[stability["arm"] == arm]
+        unique = not runs.duplicated(keys).any() and not base.duplicated(keys).any()
+        pairs = runs.merge(base, on=keys, suffixes=("", "_base")) if unique else runs.iloc[:0].assign(
+            **{f"{c}_base": [] for c in base.columns if c not in keys})
+        yield arm, runs, base, pairs
+
+
 def arm_effects(stability: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """One row per (arm, metric), arms other than ``baseline`` in order of appearance: metric, label, arm and
     baseline means, effect, ci95_low, ci95_high, n_pairs (0 when unpaired), n_arm, n_baseline, paired.
 
     ``stability``: ``run_stability``'s rows, with the runs' pairing columns (seed; `config.task.language_seed`
     when present). Raises ValueError when ``baseline`` is not one of its arms."""
-    arms = list(dict.fromkeys(stability["arm"]))
-    if baseline not in arms:
-        raise ValueError(f"baseline arm {baseline!r} is not among the runs' arms: {', '.join(arms)}")
-    keys = pair_keys(stability)
-    base = stability[stability["arm"] == baseline]
     rows = []
-    for arm in arms:
-        if arm == baseline:
-            continue
-        runs = stability[stability["arm"] == arm]
-        unique = not runs.duplicated(keys).any() and not base.duplicated(keys).any()  # else pairs are ambiguous
-        pairs = runs.merge(base, on=keys, suffixes=("", "_base")) if unique else runs.iloc[:0].assign(
-            **{f"{c}_base": [] for c in base.columns if c not in keys})
+    for arm, runs, base, pairs in arms_against(stability, baseline):
         for metric, label in EFFECT_METRICS.items():
             if metric not in stability:
                 continue

@@ -26,7 +26,7 @@ import pandas as pd
 from statsmodels.stats.power import NormalIndPower, TTestIndPower, TTestPower
 from statsmodels.stats.proportion import proportion_effectsize
 
-from analysis.effects import metric_values, pair_keys
+from analysis.effects import arms_against, metric_values
 
 PLANNED_METRICS = {"final_gold": "final gold", "peak_gold": "peak gold", "final_kl": "final KL",
                    "collapsed": "collapse probability"}
@@ -99,18 +99,8 @@ def seed_plan(stability: pd.DataFrame, baseline: str, effects: dict[str, float] 
         raise ValueError(f"cannot plan for {', '.join(sorted(unknown))}: expected one of {', '.join(PLANNED_METRICS)}")
     if not (0 < power < 1 and 0 < alpha < 1):
         raise ValueError(f"power and alpha must lie in (0, 1), got power={power}, alpha={alpha}")
-    arms = list(dict.fromkeys(stability["arm"]))
-    if baseline not in arms:
-        raise ValueError(f"baseline arm {baseline!r} is not among the runs' arms: {', '.join(arms)}")
-    keys = pair_keys(stability)
-    base = stability[stability["arm"] == baseline]
     rows = []
-    for arm in arms:
-        if arm == baseline:
-            continue
-        runs = stability[stability["arm"] == arm]
-        unique = not runs.duplicated(keys).any() and not base.duplicated(keys).any()
-        pairs = runs.merge(base, on=keys, suffixes=("", "_base")) if unique else None
+    for arm, runs, base, pairs in arms_against(stability, baseline):
         for metric, label in PLANNED_METRICS.items():
             if metric not in stability:
                 continue
@@ -122,8 +112,7 @@ def seed_plan(stability: pd.DataFrame, baseline: str, effects: dict[str, float] 
                 needed = proportion_runs_needed(p_base + target, p_base, power, alpha)
                 sd, design, pilot_n = math.nan, "unpaired", min(len(arm_values), len(base_values))
             else:
-                differences = (metric_values(pairs, metric) - metric_values(pairs, metric, "_base")).dropna() \
-                    if pairs is not None else pd.Series(dtype="float64")
+                differences = (metric_values(pairs, metric) - metric_values(pairs, metric, "_base")).dropna()
                 if len(differences) >= 2:
                     sd, design, pilot_n = float(differences.std(ddof=1)), "paired", len(differences)
                     needed = paired_runs_needed(sd, target, power, alpha)
