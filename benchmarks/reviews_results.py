@@ -6,11 +6,13 @@ benchmarks/results/reviews/ (or -o DIR) the result files its page.md includes:
   collapses (k/n, exact 95 % interval) and the median seconds per iteration;
 - course.md: each run's smoothed (5 iterations) proxy, gold and KL at a few iterations: the time course;
 - samples.md: each arm's first run, 3 sample responses at its first logged step and 3 at its last, with their
-  proxy and gold rewards;
+  proxy and gold rewards (a table);
 - effects.md: rlhf-report's effects against ppo_max (paired by seed);
 - traces.png, frontier.png, survival.png: rlhf-report's figures;
 - runs.csv: rlhf-report's per-run table;
 - meta.json: the commit the runs ran (run.json git_sha), today's date, the run count, the command.
+
+Only completed runs enter the files; meta.json's note names the others (still running, or stopped to resume).
 
     python benchmarks/reviews_results.py <sweep dir> [-o DIR]
 """
@@ -84,20 +86,20 @@ def user_turn(prompt: str) -> str:
     return prompt.split("<|im_start|>user\n")[-1].split("<|im_end|>")[0]
 
 
-def samples_markdown(runs: pd.DataFrame) -> str:
-    lines = []
+def samples_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each arm's first run: 3 samples at its first logged step and 3 at its last, with their rewards."""
+    rows = []
     for arm, group in runs.sort_values("seed").groupby("arm", sort=False):
         run = group.iloc[0]
         samples = load_samples(run["run_dir"])
         if samples.empty:
             continue
-        for label, step in (("first", samples["step"].min()), ("last", samples["step"].max())):
-            lines += [f"**{arm}, seed {run['seed']}, iteration {step} ({label} logged)**", ""]
+        for step in (samples["step"].min(), samples["step"].max()):
             for sample in samples[samples["step"] == step].head(3).to_dict("records"):
-                lines += [f"- *{clip(user_turn(sample['prompt']))}* (proxy {sample['reward_proxy']:+.2f}, "
-                          f"gold {sample['reward_gold']:+.2f}): \u201c{clip(sample['response'])}\u201d"]
-            lines.append("")
-    return "\n".join(lines)
+                rows.append({"run": f"{arm}, seed {run['seed']}", "iteration": int(step),
+                             "prompt": clip(user_turn(sample["prompt"])), "proxy": f"{sample['reward_proxy']:+.2f}",
+                             "gold": f"{sample['reward_gold']:+.2f}", "response": clip(sample["response"])})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -108,6 +110,10 @@ def main() -> None:
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     runs, traces = load_runs([args.sweep])
+    unfinished = runs[runs["status"] != "completed"]
+    runs = runs[runs["status"] == "completed"].reset_index(drop=True)  # the page rests on completed runs only
+    traces = traces[traces["run_id"].isin(runs["run_id"])]
+    traces = traces.assign(run_id=traces["run_id"].astype(str).astype("category"))
     kl = pick_kl_metric(traces["metric"].unique())
     with tempfile.TemporaryDirectory() as tmp:
         write_report(runs, traces, tmp, sources=[args.sweep], baseline="ppo_max" if runs["arm"].nunique() > 1 else None)
@@ -125,7 +131,7 @@ def main() -> None:
     stability = stability.assign(s_per_it=stability["run_id"].map(seconds))
     (out / "table.md").write_text(markdown_table(arm_table(stability).astype(str)) + "\n")
     (out / "course.md").write_text(markdown_table(course_table(runs, traces, kl).astype(str)) + "\n")
-    (out / "samples.md").write_text(samples_markdown(runs) + "\n")
+    (out / "samples.md").write_text(markdown_table(samples_table(runs).astype(str)) + "\n")
     commits = sorted(set(runs["git_sha"].dropna().astype(str))) if "git_sha" in runs else []
     steps = runs["n_steps"].astype("float64")
     meta = {"commit": ", ".join(c[:7] for c in commits) or "unknown",
@@ -134,7 +140,10 @@ def main() -> None:
                        "python benchmarks/reviews_results.py <sweep dir>",
             "note": f"{len(runs)} runs ({', '.join(f'{a}: {n}' for a, n in runs['arm'].value_counts().items())}), "
                     f"{int(steps.min()) if not math.isnan(steps.min()) else 0}-{int(steps.max())} iterations logged; "
-                    "two runs at a time on 2 cores, one thread each; KL is " + kl + "."}
+                    "two or three runs at a time on 2 cores, one thread each; KL is " + kl + "."
+                    + (" Not yet completed, so not in the tables: " + ", ".join(
+                        f"{r['arm']} seed {r['seed']} ({r['n_steps']} iterations, {r['status']})"
+                        for r in unfinished.to_dict("records")) + "." if len(unfinished) else "")}
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
