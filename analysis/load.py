@@ -5,7 +5,8 @@
 * ``runs``: one row per run: ``run_id, arm, seed, status, n_steps, last_step, started_at, finished_at,
   git_sha, schema_version, nonfinite_values, overrides, wandb_url, run_dir``, then ``tricks.<group>`` and
   ``config.<dotted.key>`` (the flattened ``.hydra/config.yaml``), ``preset`` and ``reward_model.<key>`` (the
-  numbers of the stage-built reward model's report, e.g. ``reward_model.gold_accuracy``) where run.json has them.
+  numbers of the stage-built reward model's report as floats, e.g. ``reward_model.gold_accuracy``) where run.json
+  has them.
 * ``traces``: long format ``run_id, step, metric, value`` (``run_id`` and ``metric`` categorical), sorted by
   run (in ``runs`` order), metric, step. A metric a run never logged has no rows; a NaN written by the
   trainer has no row either (it is counted in ``runs.nonfinite_values``); +/-Infinity is kept.
@@ -223,7 +224,7 @@ def read_run(run_dir) -> tuple[dict, pd.DataFrame]:
     if meta.get("preset") is not None:
         row["preset"] = meta["preset"]
     # the stage-built reward model's quality (its rm_report.json's numbers), where the run recorded it
-    row.update({f"reward_model.{k}": v for k, v in (meta.get("reward_model") or {}).items()
+    row.update({f"reward_model.{k}": float(v) for k, v in (meta.get("reward_model") or {}).items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row, metrics
 

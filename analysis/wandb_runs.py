@@ -9,8 +9,9 @@ Two sources, one mapping (see ``wandb_row``):
   same step (as the run directory's metrics.jsonl is truncated on resume);
 * the W&B cloud API (``wandb.Api``), a project and optionally a group (``load_wandb_runs``).
 
-The sink's config holds the resolved config, ``trick/<group>`` keys and ``run_info`` (run_id, preset,
-schema_version, git_sha, started_at, overrides); its summary holds ``status`` and ``finished_at``. History rows
+The sink's config holds the resolved config, ``trick/<group>`` keys, ``run_info`` (run_id, preset,
+schema_version, git_sha, started_at, overrides) and, for a run whose reward model a stage built,
+``reward_model_report`` (run.json's ``reward_model``); its summary holds ``status`` and ``finished_at``. History rows
 are the metrics rows with their ``step``; wandb's own keys (``_step``, ``_runtime``...), non-numeric values and
 media (the samples tables, whose fields the .wandb log flattens to ``samples.<field>``) are dropped.
 The (runs row, metrics) pairs become frames through ``analysis.frames.frames_from_runs``, as run directories do, so
@@ -43,7 +44,7 @@ NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 STATES = {"finished": "completed", "failed": "failed", "crashed": "failed", "killed": "failed",
           "running": "running", "preempting": "preempted", "preempted": "preempted"}
 INSPECT_TIMEOUT_S = 300
-_HIDDEN_CONFIG = {"_wandb", "run_info"}
+_HIDDEN_CONFIG = {"_wandb", "run_info", "reward_model_report"}
 
 
 # ---------------------------------------------------------------- offline run directories
@@ -210,6 +211,11 @@ def wandb_row(config: dict, summary: dict, meta: dict, metrics: pd.DataFrame, no
     row.update({f"tricks.{k[len('trick/'):]}": v for k, v in config.items() if k.startswith("trick/")})
     plain = {k: v for k, v in config.items() if not k.startswith("trick/") and k not in _HIDDEN_CONFIG}
     row.update({f"config.{k}": v for k, v in flatten(plain).items()})
+    if info.get("preset") is not None:
+        row["preset"] = info["preset"]
+    # the stage-built reward model's quality, as run.json's reward_model (see WandbSink.record_reward_model)
+    row.update({f"reward_model.{k}": float(v) for k, v in (config.get("reward_model_report") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)})
     return row
 
 

@@ -144,6 +144,7 @@ def execute(cfg: Config, job: Job) -> str:
             stages = prepare_stages(cfg, runtime)
             if writer and stages.rm_report is not None:  # the reward model's quality, beside the run's outcomes
                 run_dir.update_info(reward_model=stages.rm_report)
+                sink.record_reward_model(stages.rm_report)
             trainer = build_trainer(cfg, runtime, stages)
             if latest is not None:
                 step = checkpoint.load(trainer, latest)

@@ -11,8 +11,9 @@
 * job_type: the preset; name: "<arm>,seed=<seed>"; tags: `group=option` of every trick that is not off,
   plus `logger.tags`;
 * config: the resolved config (with `arm` filled in by the arm's label), `trick/<group>: <option>` for every
-  trick group (top-level keys, for group-by and parallel coordinates) and `run_info` (run_id, preset,
-  schema_version, git_sha, started_at, overrides);
+  trick group (top-level keys, for group-by and parallel coordinates), `run_info` (run_id, preset,
+  schema_version, git_sha, started_at, overrides) and, once a stage has built the run's reward model,
+  `reward_model_report` (run.json's `reward_model`, by `record_reward_model`);
 * every metric is plotted against `step` (define_metric); the files go under `<run_dir>/wandb/`;
 * the W&B id, group, project, entity, mode and url are written to run.json (`"wandb"`); a resumed or requeued
   run (the same run directory) continues the W&B run with that id.
@@ -188,6 +189,16 @@ class WandbSink:
             self.run.log({"step": step, **metrics})
         except Exception as err:  # noqa: BLE001
             self._fail("log", err)
+
+    def record_reward_model(self, report: dict) -> None:
+        """The stage-built reward model's report (run.json's `reward_model`) as the config's
+        `reward_model_report`, so a W&B run carries the reward model's quality as its run directory does."""
+        if self.run is None:
+            return
+        try:
+            self.run.config.update({"reward_model_report": report}, allow_val_change=True)
+        except Exception as err:  # noqa: BLE001
+            self._fail("config", err)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         """One batch of sample responses (the rows of samples.jsonl) as a W&B Table under "samples"."""
