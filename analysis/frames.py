@@ -32,6 +32,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+def reward_model_columns(report: dict | None) -> dict:
+    """The runs row's ``reward_model.<key>`` columns: the numbers of a stage-built reward model's report (run.json's
+    ``reward_model``, W&B's ``reward_model_report``), as floats."""
+    return {f"reward_model.{k}": float(v) for k, v in (report or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def metrics_frame(records: list[dict]) -> pd.DataFrame:
     """Metrics rows (dicts with a ``step``) as the wide float frame of ``read_metrics``."""
     frame = pd.DataFrame.from_records(records)

@@ -41,7 +41,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from analysis.frames import flatten, frames_from_runs, metrics_frame
+from analysis.frames import flatten, frames_from_runs, metrics_frame, reward_model_columns
 from analysis.wandb_runs import is_wandb_run_dir, read_offline_runs, wandb_run_id
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,7 @@ def read_run(run_dir) -> tuple[dict, pd.DataFrame]:
     if meta.get("preset") is not None:
         row["preset"] = meta["preset"]
     # the stage-built reward model's quality (its rm_report.json's numbers), where the run recorded it
-    row.update({f"reward_model.{k}": float(v) for k, v in (meta.get("reward_model") or {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    row.update(reward_model_columns(meta.get("reward_model")))
     return row, metrics
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.frames import flatten, frames_from_runs, metrics_frame
+from analysis.frames import flatten, frames_from_runs, metrics_frame, reward_model_columns
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,7 @@ def wandb_row(config: dict, summary: dict, meta: dict, metrics: pd.DataFrame, no
     if info.get("preset") is not None:
         row["preset"] = info["preset"]
     # the stage-built reward model's quality, as run.json's reward_model (see WandbSink.record_reward_model)
-    row.update({f"reward_model.{k}": float(v) for k, v in (config.get("reward_model_report") or {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    row.update(reward_model_columns(config.get("reward_model_report")))
     return row
 
 

@@ -152,11 +152,8 @@ def main() -> None:
     course, samples = course_table(runs, traces, kl), samples_table(runs)
     earlier = kept(out / "runs.csv", sweep_ids) if args.keep_published else pd.DataFrame()
     if len(earlier):
-        ids = set(earlier["run_id"].astype(str))
         course = pd.concat([kept(out / "course.csv", sweep_ids, text=True), course], ignore_index=True)
         samples = pd.concat([kept(out / "samples.csv", sweep_ids, text=True), samples], ignore_index=True)
-        course, samples = (frame[frame["run_id"].astype(str).isin(ids | set(runs["run_id"]))]
-                           for frame in (course, samples))
         stability = pd.concat([earlier, stability], ignore_index=True)
     stability = stability.sort_values(["arm", "seed"], kind="stable").reset_index(drop=True)
     order = {run_id: i for i, run_id in enumerate(stability["run_id"])}
