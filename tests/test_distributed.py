@@ -114,21 +114,25 @@ def train(cache: Path, run_dir: Path, *overrides: str) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_local_ranks_run_end_to_end_as_one_run(tiny_cache, tmp_path, strategy):
+def test_two_local_ddp_ranks_run_end_to_end_as_one_run(tiny_cache, tmp_path):
+    """(FSDP's end-to-end run is the first leg of the resume test below.)"""
     run_dir = tmp_path / "run"
-    rows = train(tiny_cache, run_dir, f"distributed={strategy}", "distributed.processes=2", "iterations=3")
+    rows = train(tiny_cache, run_dir, "distributed=ddp", "distributed.processes=2", "iterations=3")
     assert [row["step"] for row in rows] == [0, 1, 2]
     assert rows[0]["length/response_tokens"] > 0
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-000003"
 
 
 @pytest.mark.slow
-def test_fsdp_resumes_from_its_checkpoint_and_runs_on_one_rank(tiny_cache, tmp_path):
-    """A 2-rank FSDP run stopped after its step-2 checkpoint continues at step 2 (contiguous rows); the
-    checkpoint holds whole tensors, so it also loads into an unsharded model of the same shape."""
+def test_fsdp_runs_end_to_end_resumes_from_its_checkpoint_and_runs_on_one_rank(tiny_cache, tmp_path):
+    """A 2-rank FSDP run runs end to end as one run; stopped after its step-2 checkpoint it continues at step 2
+    (contiguous rows); the checkpoint holds whole tensors, so it also loads into an unsharded model of the same
+    shape."""
     run_dir = tmp_path / "run"
-    train(tiny_cache, run_dir, "distributed=fsdp", "distributed.processes=2", "iterations=2")
+    first = train(tiny_cache, run_dir, "distributed=fsdp", "distributed.processes=2", "iterations=2")
+    assert [row["step"] for row in first] == [0, 1]
+    assert first[0]["length/response_tokens"] > 0
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-000002"
     rows = train(tiny_cache, run_dir, f"resume={run_dir}", "iterations=4")
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
     from safetensors.torch import load_file

@@ -39,6 +39,19 @@ def test_smoke_sweep_labels_arms_and_seeds(tmp_path, cache):
         assert (info["arm"], info["seed"], info["status"]) == (arm, int(seed), "completed")
         assert info["tricks"]["kl_penalty"] == ("off" if arm == "vanilla" else "token")
     assert "4 runs: 4 completed" in out.stdout
+    # run again into its directory (to continue what was stopped): the completed runs stay as they are, byte for
+    # byte; a run stopped at its last checkpoint (status preempted) ends there as completed
+    files = {p: p.read_bytes() for p in tmp_path.glob("*/*") if p.is_file() and p.suffix in (".json", ".jsonl")}
+    stopped = tmp_path / "ppo_max,seed=1" / "run.json"
+    stopped.write_text(json.dumps({**runs["ppo_max,seed=1"], "status": "preempted"}))
+    again = rlhf_train("-m", "sweep=smoke", *TINY, "iterations=2", f"cache_dir={cache}", f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 runs: 4 completed" in again.stdout
+    assert {p: p.read_bytes() for p in files if p.parent.name != "ppo_max,seed=1"} == {
+        p: b for p, b in files.items() if p.parent.name != "ppo_max,seed=1"}
+    resumed = json.loads(stopped.read_text())
+    assert resumed["status"] == "completed" and resumed["finished_at"] != runs["ppo_max,seed=1"]["finished_at"]
+    assert (stopped.parent / "metrics.jsonl").read_bytes() == files[stopped.parent / "metrics.jsonl"]
 
 
 def test_fractional_factorial_sweep_runs_its_design(tmp_path, cache):

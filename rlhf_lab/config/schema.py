@@ -620,7 +620,7 @@ class RunConfig:
     samples_per_log: int = 8  # responses written each time
     checkpoint_every: int = 50  # save a resumable checkpoint every N iterations (and at the end)
     threads: int = 0  # torch intra-op threads (0: torch's default)
-    progress: bool = True  # show progress of the toy stages and of PPO: a bar on a terminal, else a log line every 30 s
+    progress: bool = True  # show progress of the toy stages and of PPO: a bar on a terminal, else a log line every 20 s
 
     def __post_init__(self):
         _check(self.samples_every >= 1, "run.samples_every", ">= 1", self.samples_every)

@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger(__name__)
 
-LOG_EVERY_S = 30.0  # seconds between two progress lines where there is no bar
+LOG_EVERY_S = 20.0  # seconds between two progress lines where there is no bar (steps under a minute: no silent minute)
 _shared_terminal = False  # see share_terminal
 
 

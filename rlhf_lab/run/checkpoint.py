@@ -52,8 +52,13 @@ def save(trainer: PPOTrainer, checkpoints: Path | None, next_step: int) -> Path 
     return folder
 
 
+def folder_name(next_step: int) -> str:
+    """The folder of the checkpoint that continues at `next_step`."""
+    return f"step-{next_step:06d}"
+
+
 def _write(trainer: PPOTrainer, state: dict, checkpoints: Path, next_step: int) -> Path:
-    folder = checkpoints / f"step-{next_step:06d}"
+    folder = checkpoints / folder_name(next_step)
     tmp = checkpoints / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

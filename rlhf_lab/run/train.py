@@ -99,11 +99,26 @@ def run(cfg: Config) -> str:
               log_file=Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log",
               shared_terminal=(hydra_cfg.launcher or {}).get("n_jobs") not in (None, 1),  # joblib: -1 is all cores
               wandb_context=hydra_context())
+    if already_completed(RunDir(job.run_dir), cfg.iterations):  # a sweep run again: its finished runs stay as they are
+        log.info("%s already completed %d iterations: left as it is", job.run_dir, cfg.iterations)
+        return "completed"
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "WORLD_SIZE" not in os.environ:
         slurm_ranks()
     if (processes > 1 or cfg.distributed.name == Distributed.fsdp) and "WORLD_SIZE" not in os.environ:
         return launch(execute, cfg, job, processes)
     return execute(cfg, job)
+
+
+def already_completed(run_dir: RunDir, iterations: int) -> bool:
+    """Whether ``run_dir`` holds a run that completed ``iterations`` iterations and saved its last checkpoint, so
+    that rerunning its sweep into the same directory (to continue the runs that were stopped) leaves it alone:
+    no model loads, nothing rewritten. A run asked for more iterations than it ran continues from there."""
+    if not run_dir.run_json.exists():
+        return False
+    info = run_dir.read_info()
+    last = checkpoint.latest(run_dir.checkpoints)
+    return (info.get("status") == "completed" and info.get("iterations") == iterations
+            and last is not None and last.name == checkpoint.folder_name(iterations))
 
 
 def slurm_ranks() -> None:
