@@ -43,6 +43,12 @@ def collapse_probability(collapsed) -> tuple[int, int, float, float, float]:
     return k, n, k / n, float(interval.low), float(interval.high)
 
 
+def collapse_cell(collapsed) -> str:
+    """"k/n [low, high]": collapse_probability as a table cell."""
+    k, n, _, low, high = collapse_probability(collapsed)
+    return f"{k}/{n} [{low:.2f}, {high:.2f}]"
+
+
 def _known(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs whose detector could decide (not "insufficient")."""
     if "collapse_rule" not in runs:

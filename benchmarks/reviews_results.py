@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_runs, wide_traces
-from analysis.collapse import collapse_probability
+from analysis.collapse import collapse_cell
 from analysis.effects import arm_effects, display_effects
 from analysis.load import load_samples
 from analysis.names import GOLD, PROXY, REPEAT, pick_kl_metric
@@ -55,13 +55,12 @@ def per_run(values: pd.Series, seeds: pd.Series, digits: int = 2) -> str:
 def arm_table(stability: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for arm, runs in stability.groupby("arm", sort=False):
-        k, n, _, low, high = collapse_probability(runs["collapsed"].astype("float64"))
         row = {"arm": arm, "runs": len(runs)}
         for column, label in (("final_proxy", "final proxy"), ("peak_gold", "peak gold"),
                               ("final_gold", "final gold"), ("final_kl", "final KL"), ("ppl_ratio", "ppl ratio"),
                               ("length_ratio", "length ratio"), ("final_repeat_frac", "final repeat")):
             row[label] = per_run(runs[column], runs["seed"])
-        row["collapsed [95% exact]"] = f"{k}/{n} [{low:.2f}, {high:.2f}]"
+        row["collapsed [95% exact]"] = collapse_cell(runs["collapsed"].astype("float64"))
         row["s/it"] = per_run(runs["s_per_it"], runs["seed"], 1)
         rows.append(row)
     return pd.DataFrame(rows)

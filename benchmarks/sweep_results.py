@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_runs
-from analysis.collapse import collapse_probability, display_collapse
+from analysis.collapse import collapse_cell, display_collapse
 from analysis.factorial import display_factorial
 from analysis.report import markdown_table, write_report
 from analysis.rm_quality import AGREEMENT, display_slopes
@@ -59,14 +59,13 @@ def arm_table(stability: pd.DataFrame) -> pd.DataFrame:
     """One row per arm, in order of appearance: runs, RM agreement, gold, KL, collapses."""
     rows = []
     for arm, runs in stability.groupby("arm", sort=False):
-        k, n, _, low, high = collapse_probability(runs["collapsed"].astype("float64"))
         row = {"arm": arm, "runs": len(runs)}
         if AGREEMENT in runs:
             row["RM gold agreement"] = f"{runs[AGREEMENT].astype('float64').mean():.3f}"
         for column, label, sign in (("final_gold", "final gold", "+"), ("peak_gold", "peak gold", "+"),
                                     ("final_kl", "final KL", "")):
             row[label] = _mean_ci(runs[column], sign)
-        row["collapsed [95% exact]"] = f"{k}/{n} [{low:.2f}, {high:.2f}]"
+        row["collapsed [95% exact]"] = collapse_cell(runs["collapsed"].astype("float64"))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -112,7 +111,7 @@ def write_results(sweep: Path, out: Path, command: str, wall_hours: float | None
     (out / "collapse.md").write_text(markdown_table(display_collapse(pd.read_csv(out / "collapse.csv"))) + "\n")
     if (out / "factorial.csv").is_file():
         factorial = pd.read_csv(out / "factorial.csv", keep_default_na=True)
-        factorial["aliased_with"] = factorial["aliased_with"].where(factorial["aliased_with"].notna(), None)
+        factorial["aliased_with"] = [v if isinstance(v, str) else None for v in factorial["aliased_with"]]
         (out / "factorial.md").write_text(markdown_table(display_factorial(factorial).astype(str)) + "\n")
     if (out / "rm_quality.csv").is_file():
         (out / "rm_quality.md").write_text(

@@ -54,7 +54,8 @@ def test_a_factorial_sweep_gives_its_tables_slopes_and_pace(tmp_path):
     kl = factorial.loc[("collapsed", "kl=on")]
     assert kl["estimate"] == -1.0 and kl["significant"]  # the known effect, with its sign
     assert not factorial.loc[("collapsed", "norm=on"), "significant"]  # the null one
-    assert "| kl=on |" in (out / "factorial.md").read_text()
+    shown = (out / "factorial.md").read_text()
+    assert "| kl=on |" in shown and "aliased" not in shown  # a full factorial: nothing aliased
     assert "3/3" in (out / "collapse.md").read_text()
     slopes = pd.read_csv(out / "rm_quality.csv")
     assert set(slopes["n_runs"]) == {3} and slopes["group"].nunique() == 4
