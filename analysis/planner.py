@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 from statsmodels.stats.power import NormalIndPower, TTestIndPower, TTestPower
 from statsmodels.stats.proportion import proportion_effectsize
 
@@ -139,3 +140,41 @@ def display_plan(plan: pd.DataFrame) -> pd.DataFrame:
         "runs needed": [("–" if math.isnan(n) else f"{int(n)} " + ("pairs" if d == "paired" else "runs/arm"))
                         for n, d in zip(plan["runs_needed"], plan["design"])],
     })
+
+
+def factorial_plan(effects: pd.DataFrame, arms: int, power: float = 0.8, alpha: float = 0.05) -> pd.DataFrame:
+    """How many replicates of a factorial design (every arm once: one seed on one testbed instance) would
+    establish each effect of ``effects`` (analysis.factorial.factorial_effects) that the sweep estimated, if its
+    true size were the estimate: the two-sided test at the Bonferroni level alpha / m (m: the estimated effects
+    in the table; Holm's step-down is at least as powerful) with the normal approximation, the standard error
+    shrinking as 1 / sqrt(runs):
+
+        replicates = r * ((z(1 - alpha / 2m) + z(power)) * se / |estimate|)^2,   r = n_runs / arms now.
+
+    One row per estimated effect: outcome, label, term, estimate, se, replicates_now (r), replicates_needed
+    (rounded up, at least 1; NaN for a zero estimate), runs_needed (replicates_needed * arms)."""
+    if not (0 < power < 1 and 0 < alpha < 1):
+        raise ValueError(f"power and alpha must lie in (0, 1), got power={power}, alpha={alpha}")
+    estimated = effects[effects["se"].notna() & effects["estimate"].notna()]
+    z = norm.ppf(1 - alpha / (2 * max(len(estimated), 1))) + norm.ppf(power)
+    rows = []
+    for row in estimated.to_dict("records"):
+        now = row["n_runs"] / arms
+        needed = math.nan
+        if row["estimate"] != 0:
+            needed = float(max(1, math.ceil(now * (z * row["se"] / abs(row["estimate"])) ** 2 - 1e-9)))
+        rows.append({"outcome": row["outcome"], "label": row["label"], "term": row["term"],
+                     "estimate": row["estimate"], "se": row["se"], "replicates_now": now,
+                     "replicates_needed": needed, "runs_needed": needed * arms})
+    return pd.DataFrame(rows, columns=["outcome", "label", "term", "estimate", "se", "replicates_now",
+                                       "replicates_needed", "runs_needed"])
+
+
+def display_factorial_plan(plan: pd.DataFrame) -> pd.DataFrame:
+    """One row per term, one column per outcome: the replicates needed (and the runs they make)."""
+    table = {}
+    for row in plan.to_dict("records"):
+        entry = table.setdefault(row["term"], {"term": row["term"]})
+        needed = row["replicates_needed"]
+        entry[row["label"]] = "–" if math.isnan(needed) else f"{int(needed)} ({int(row['runs_needed'])} runs)"
+    return pd.DataFrame(list(table.values()))

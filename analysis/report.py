@@ -13,6 +13,8 @@
 * ``figures/{traces,frontier,stability_heatmap,survival}.{png,svg}``;
 * for a factorial sweep (arms labelled ``key=level,...``): ``factorial.csv`` (``analysis.factorial``: main
   effects and two-way interactions with Holm-corrected p), its table and ``figures/interactions.{png,svg}``;
+  ``factorial_plan.csv`` (``analysis.planner.factorial_plan``: the replicates of the design that would
+  establish each effect were its true size the estimate) and its table;
 * for runs with reward models of different recorded quality: ``rm_quality.csv`` (``analysis.rm_quality``: the
   slope of peak and final gold on the reward model's agreement with gold, per preset), its table and
   ``figures/rm_quality.{png,svg}``;
@@ -37,7 +39,7 @@ from analysis.factorial import design_levels, display_factorial, factorial_effec
 from analysis.rm_quality import display_slopes, has_rm_axis, points, rm_quality_slopes
 from analysis.load import SAMPLES_FILE, load_samples
 from analysis.names import KL_PREFERENCE, kl_label
-from analysis.planner import display_plan, seed_plan
+from analysis.planner import display_factorial_plan, display_plan, factorial_plan, seed_plan
 from analysis.plots import write_figures
 from analysis.stability import (DEFAULT_FINAL_WINDOW, DEFAULT_KL_BUDGETS, CollapseRules, arm_summary,
                                 reference_kl_runs, run_stability)
@@ -111,8 +113,12 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
         plan = seed_plan(per_run, baseline, **(planning or {}))
         plan.to_csv(out_dir / "plan.csv", index=False)
     factorial = factorial_effects(per_run, levels=design_levels(per_run))
+    replicates = None
     if len(factorial):
         factorial.to_csv(out_dir / "factorial.csv", index=False)
+        power_alpha = {k: v for k, v in (planning or {}).items() if k in ("power", "alpha")}
+        replicates = factorial_plan(factorial, per_run["arm"].nunique(), **power_alpha)
+        replicates.to_csv(out_dir / "factorial_plan.csv", index=False)
     slopes = rm_points = None
     if has_rm_axis(per_run):
         slopes, rm_points = rm_quality_slopes(per_run), points(per_run)
@@ -130,6 +136,8 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
         "rm_quality": None if slopes is None else display_slopes(slopes),
         "effects": None if effects is None else (baseline, display_effects(effects)),
         "plan": None if plan is None else (plan_note(plan), display_plan(plan)),
+        "replicates": None if replicates is None else (replicates_note(replicates, **power_alpha),
+                                                       display_factorial_plan(replicates)),
         "figures": figures,
         "samples": arm_samples(runs, stability, samples_per_step),
         "runs": display_runs(stability),
@@ -139,6 +147,16 @@ def write_report(runs: pd.DataFrame, traces: pd.DataFrame, out_dir, rules: Colla
     html_path = out_dir / "report.html"
     html_path.write_text(render_html(report))
     return html_path
+
+
+def replicates_note(replicates: pd.DataFrame, power: float = 0.8, alpha: float = 0.05) -> str:
+    """What the factorial planner's table means."""
+    now = replicates["replicates_now"].iloc[0] if len(replicates) else math.nan
+    return (f"Replicates of the design (every arm once: one seed on one testbed instance; this sweep has {now:g}) "
+            f"at which each effect, were its true size the estimate, would be found with power {power:g} by a "
+            f"two-sided test at {alpha:g} divided by the {len(replicates)} effects (Bonferroni; Holm's step-down "
+            "is at least as powerful), the standard error shrinking as 1/sqrt(runs); in brackets the runs. "
+            "Details in factorial_plan.csv.")
 
 
 def plan_note(plan: pd.DataFrame) -> str:
@@ -329,6 +347,10 @@ def render_html(report: dict) -> str:
         note, table = report["plan"]
         parts += ["<h2>Runs needed (seed planner)</h2>", f"<p>{e(note)}</p>",
                   table.to_html(index=False, border=0, na_rep="–")]
+    if report.get("replicates") is not None:
+        note, table = report["replicates"]
+        parts += ["<h2>Replicates needed (factorial)</h2>", f"<p>{e(note)}</p>",
+                  table.to_html(index=False, border=0, na_rep="–")]
     parts.append("<h2>Figures</h2>")
     for name, png in report["figures"].items():
         data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
@@ -398,6 +420,9 @@ def render_markdown(report: dict, out_dir: Path) -> str:
     if report.get("plan") is not None:
         note, table = report["plan"]
         lines += ["## Runs needed (seed planner)", "", note, "", markdown_table(table.astype(str)), ""]
+    if report.get("replicates") is not None:
+        note, table = report["replicates"]
+        lines += ["## Replicates needed (factorial)", "", note, "", markdown_table(table.astype(str)), ""]
     lines += ["## Figures", ""]
     for name, png in report["figures"].items():
         lines += [f"### {FIGURE_TITLES[name]}", "", f"![{FIGURE_TITLES[name]}]({Path(png).relative_to(out_dir)})",

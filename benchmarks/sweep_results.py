@@ -6,7 +6,9 @@ result files its page.md includes:
   gold, final KL (mean and 95 % t interval over the arm's runs) and collapses (k/n with the exact interval);
 - collapse.md (data: collapse.csv, survival.csv): rlhf-report's collapse probabilities and Kaplan-Meier curves;
 - factorial.md (data: factorial.csv), when the sweep is a factorial design: main effects and two-way
-  interactions (blocked by instance and seed, Holm-corrected);
+  interactions (blocked by instance and seed, Holm-corrected); factorial_plan.md (data: factorial_plan.csv):
+  rlhf-report's replicates of the design that would establish each effect were its true size the estimate
+  (analysis.planner.factorial_plan);
 - rm_quality.md (data: rm_quality.csv), when the runs span reward models of different quality: the slopes of
   peak and final gold on the reward model's agreement with gold;
 - runs.csv: rlhf-report's per-run table, plus each run's wall seconds (finished_at - started_at);
@@ -36,6 +38,7 @@ import pandas as pd
 from analysis import load_runs
 from analysis.collapse import collapse_cell, display_collapse
 from analysis.factorial import display_factorial
+from analysis.planner import display_factorial_plan
 from analysis.report import markdown_table, write_report
 from analysis.rm_quality import AGREEMENT, display_slopes
 from analysis.stability import t95
@@ -98,7 +101,7 @@ def write_results(sweep: Path, out: Path, command: str, wall_hours: float | None
         write_report(runs, traces, tmp, sources=[sweep])
         report = Path(tmp)
         stability = pd.read_csv(report / "runs.csv")
-        for name in ("collapse", "survival", "factorial", "rm_quality"):
+        for name in ("collapse", "survival", "factorial", "factorial_plan", "rm_quality"):
             if (report / f"{name}.csv").is_file():
                 shutil.copy(report / f"{name}.csv", out / f"{name}.csv")
         for name in FIGURES:
@@ -113,6 +116,8 @@ def write_results(sweep: Path, out: Path, command: str, wall_hours: float | None
         factorial = pd.read_csv(out / "factorial.csv", keep_default_na=True)
         factorial["aliased_with"] = [v if isinstance(v, str) else None for v in factorial["aliased_with"]]
         (out / "factorial.md").write_text(markdown_table(display_factorial(factorial).astype(str)) + "\n")
+        plan = pd.read_csv(out / "factorial_plan.csv")
+        (out / "factorial_plan.md").write_text(markdown_table(display_factorial_plan(plan).astype(str)) + "\n")
     if (out / "rm_quality.csv").is_file():
         (out / "rm_quality.md").write_text(
             markdown_table(display_slopes(pd.read_csv(out / "rm_quality.csv")).astype(str)) + "\n")

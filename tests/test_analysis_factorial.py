@@ -111,3 +111,9 @@ def test_rlhf_report_on_a_factorial_sweep(tmp_path):
     assert not gold.loc["reward_norm=running", "significant"]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Factorial effects" in report and (tmp_path / "out" / "figures" / "interactions.png").is_file()
+    # the replicates planner: the clear effects of this noise-free design need no more replicates than it has
+    plan = pd.read_csv(tmp_path / "out" / "factorial_plan.csv").set_index(["outcome", "term"])
+    established = gold[gold["significant"]].index
+    assert len(established) and (plan.loc[[("final_gold", t) for t in established], "replicates_needed"]
+                                 <= plan["replicates_now"].iloc[0]).all()
+    assert "## Replicates needed (factorial)" in report

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.planner import (paired_runs_needed, proportion_runs_needed, seed_plan, unpaired_runs_needed,
+from analysis.planner import (factorial_plan, paired_runs_needed, proportion_runs_needed, seed_plan, unpaired_runs_needed,
                               display_plan)
 
 
@@ -75,3 +75,22 @@ def test_plan_rejects_bad_input():
         seed_plan(pilot(), "vanilla")
     with pytest.raises(ValueError, match="power"):
         seed_plan(pilot(), "ppo_max", power=1.5)
+
+
+def test_factorial_plan_scales_the_replicates_by_the_standard_error():
+    # two estimated effects (m = 2) and one not estimated; 96 runs of a 16-arm design: 6 replicates now.
+    # z = z(1 - 0.05 / 4) + z(0.8) = 2.2414 + 0.8416 = 3.0830
+    # A: se 0.1, estimate 0.2: 6 * (3.0830 * 0.5)^2 = 14.26 -> 15 replicates, 240 runs
+    # B: se 0.05, estimate -0.5: 6 * (3.0830 * 0.1)^2 = 0.570 -> 1 replicate
+    effects = pd.DataFrame([
+        {"outcome": "final_gold", "label": "final gold", "term": "A", "estimate": 0.2, "se": 0.1, "n_runs": 96},
+        {"outcome": "final_gold", "label": "final gold", "term": "B", "estimate": -0.5, "se": 0.05, "n_runs": 96},
+        {"outcome": "final_gold", "label": "final gold", "term": "A x B", "estimate": math.nan, "se": math.nan,
+         "n_runs": 96}])
+    plan = factorial_plan(effects, arms=16).set_index("term")
+    assert list(plan.index) == ["A", "B"]
+    assert plan.loc["A", "replicates_now"] == 6
+    assert plan.loc["A", "replicates_needed"] == 15 and plan.loc["A", "runs_needed"] == 240
+    assert plan.loc["B", "replicates_needed"] == 1
+    with pytest.raises(ValueError, match="power"):
+        factorial_plan(effects, arms=16, power=1.0)

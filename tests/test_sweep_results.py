@@ -56,6 +56,10 @@ def test_a_factorial_sweep_gives_its_tables_slopes_and_pace(tmp_path):
     assert not factorial.loc[("collapsed", "norm=on"), "significant"]  # the null one
     shown = (out / "factorial.md").read_text()
     assert "| kl=on |" in shown and "aliased" not in shown  # a full factorial: nothing aliased
+    plan = pd.read_csv(out / "factorial_plan.csv").set_index(["outcome", "term"])
+    assert plan.loc[("collapsed", "kl=on"), "replicates_now"] == 3  # 12 runs of 4 arms
+    assert plan.loc[("collapsed", "kl=on"), "replicates_needed"] == 1  # an exact effect: one replicate shows it
+    assert "| kl=on |" in (out / "factorial_plan.md").read_text()
     assert "3/3" in (out / "collapse.md").read_text()
     slopes = pd.read_csv(out / "rm_quality.csv")
     assert set(slopes["n_runs"]) == {3} and slopes["group"].nunique() == 4
