@@ -43,35 +43,51 @@ def ranks(n: int, *args: str) -> None:
 
 STRATEGIES = {"ddp": ("distributed=ddp",), "fsdp": ("distributed=fsdp",),
               "fsdp_shard_frozen": ("distributed=fsdp", "distributed.shard_frozen=true")}
-
-
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-@pytest.mark.parametrize("overrides", [
+CASES = [
     ("preset=vanilla", "ppo.epochs=2", "ppo.minibatches=2", "adv_norm=whiten", "entropy_bonus=on",
      "kl_penalty=loss", "kl_penalty.loss_coef=0.1", "kl_penalty.estimator=k3"),
     ("preset=ppo_max", "ppo.minibatches=2"),  # ptx loss, value clip, gradient clipping
     # no critic; sequence means over the kept (finished) responses: the ranks' parts are weighted by sequences
     ("preset=grpo", "ppo.samples_per_prompt=2", "loss_agg=seq_mean_token_sum", "overlong=filter"),
-])
-def test_one_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, overrides, strategy):
-    overrides = (*overrides, *STRATEGIES[strategy], "distributed.processes=2")
-    one = tiny_trainer(eos_checkpoints, *overrides)  # one process, no process group: unwrapped, unsharded
-    torch.manual_seed(3)
-    batch = one.rollout()
-    rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores)[0], batch.logprobs,
-                                          batch.ref_logprobs, batch.mask)
-    advantages, returns = one.tricks.advantages(rewards, batch.values, batch.mask)
-    assert (batch.mask == 0).any() and len(set(batch.mask.sum(1).tolist())) > 1  # uneven lengths per rank
-    torch.save({"batch": batch, "advantages": advantages, "returns": returns, "seed": 11}, tmp_path / "batch.pt")
-    before = {k: v.clone() for k, v in one.policy.state_dict().items()}
-    torch.manual_seed(11)
-    expected = one.train(batch, advantages, returns)
+]
 
-    ranks(2, *map(str, eos_checkpoints), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt"), *overrides)
-    got = torch.load(tmp_path / "out.pt", weights_only=True)
+
+@pytest.fixture(scope="module", params=list(STRATEGIES))
+def two_ranks(request, eos_checkpoints, tmp_path_factory):
+    """Per strategy, every case of CASES on one rank (in this process, no process group: unwrapped, unsharded)
+    and on 2 ranks (one launch of tests/rank_worker.py for all of them). -> (strategy, [per case: the 1-rank
+    trainer after its update, its statistics, its batch, the policy before, what rank 0 saved, the FSDP
+    gathers file])."""
+    strategy, tmp = request.param, tmp_path_factory.mktemp(request.param)
+    jobs, results = [], []
+    for i, case in enumerate(CASES):
+        overrides = (*case, *STRATEGIES[strategy], "distributed.processes=2")
+        one = tiny_trainer(eos_checkpoints, *overrides)
+        torch.manual_seed(3)
+        batch = one.rollout()
+        rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores)[0], batch.logprobs,
+                                              batch.ref_logprobs, batch.mask)
+        advantages, returns = one.tricks.advantages(rewards, batch.values, batch.mask)
+        torch.save({"batch": batch, "advantages": advantages, "returns": returns, "seed": 11}, tmp / f"batch{i}.pt")
+        before = {k: v.clone() for k, v in one.policy.state_dict().items()}
+        torch.manual_seed(11)
+        expected = one.train(batch, advantages, returns)
+        jobs.append({"batch": str(tmp / f"batch{i}.pt"), "out": str(tmp / f"out{i}.pt"), "overrides": list(overrides)})
+        results.append((one, expected, batch, before))
+    (tmp / "cases.json").write_text(json.dumps(jobs))
+    ranks(2, *map(str, eos_checkpoints), str(tmp / "cases.json"))
+    return strategy, [(*result, torch.load(job["out"], weights_only=True), Path(job["out"].replace(".pt", "-gathers.pt")))
+                      for result, job in zip(results, jobs)]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=["vanilla_kl_loss", "ppo_max", "grpo_overlong_filter"])
+def test_one_update_on_two_ranks_equals_one_rank(two_ranks, case):
+    strategy, results = two_ranks
+    one, expected, batch, before, got, gathers_file = results[case]
+    assert (batch.mask == 0).any() and len(set(batch.mask.sum(1).tolist())) > 1  # uneven lengths per rank
     assert got["sharded"] == strategy.startswith("fsdp")
     assert any(not torch.equal(got["policy"][k], v) for k, v in before.items())  # the update moved the policy
-    assert (batch.finished == 0).any() or "overlong=filter" not in overrides  # a truncated response is dropped
+    assert (batch.finished == 0).any() or "overlong=filter" not in CASES[case]  # a truncated response is dropped
     for role in ("policy", "critic") if one.critic is not None else ("policy",):
         state = getattr(one, role).state_dict()
         for key, value in got[role].items():
@@ -79,7 +95,7 @@ def test_one_update_on_two_ranks_equals_one_rank(eos_checkpoints, tmp_path, over
     for key, value in expected.items():
         assert got["stats"][key] == pytest.approx(float(value), rel=1e-4, abs=1e-6), key
     if strategy.startswith("fsdp"):  # generation gathers the policy's weights once per rollout, not once per step
-        counted = torch.load(tmp_path / "out-gathers.pt", weights_only=True)
+        counted = torch.load(gathers_file, weights_only=True)
         units, held = counted["units"], counted["held"]
         assert held["local"] <= held["whole"] / 2 + 64  # each rank holds its half (+ padding of odd sizes)
         frozen = units["reference"] + units["reward_model"]
