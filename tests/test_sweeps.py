@@ -70,7 +70,10 @@ def test_fractional_factorial_sweep_runs_its_design(tmp_path, cache):
         assert levels == {k: run["tricks"][k] for k in levels}  # each run has its arm's levels
         signs = [levels[k] != first for k, first in (("kl_penalty", "off"), ("adv_norm", "off"), ("value_clip", "off"))]
         assert sum(signs) % 2 == 1  # I = ABC: an odd number of factors at their second level
-        assert 0.5 < run["reward_model"]["gold_accuracy"] <= 1  # the reward model's quality, recorded per run
+    # the reward model's build report (its quality: agreement with gold on held-out pairs), recorded in each run
+    reports = [json.loads(p.read_text()) for p in cache.glob("toy-rm-*/rm_report.json")]
+    assert reports and all(run["reward_model"] in reports for run in runs)
+    assert all(0 <= run["reward_model"]["gold_accuracy"] <= 1 for run in runs)
 
 
 def test_a_sweep_declares_arms_or_factors_not_both(tmp_path):

@@ -403,7 +403,10 @@ class ToyRMConfig:
     calibration_samples: int = 1024  # held-out SFT-policy responses whose scores are calibrated to mean 0, std 1
     label_noise: float = 0.5  # temperature of the Bradley-Terry labeller: P(a > b) = sigmoid((g_a - g_b) / noise)
     epochs: int = 4  # passes over the pairs
-    lr: float = 2e-3  # peak AdamW learning rate (one-cycle schedule)
+    # 2e-3 (the SFT stage's rate) sat at the edge of stability: on a machine whose float reductions differ,
+    # instance 0's reward model stayed at loss ln 2 (constant scores, 54 % agreement with gold); on the same
+    # pairs 5e-4 reached 82 % and 1e-4 75 % (docs/toy-testbed.md)
+    lr: float = 5e-4  # peak AdamW learning rate (one-cycle schedule)
     batch_size: int = 64  # pairs per step
 
 
