@@ -130,12 +130,17 @@ def train(cache: Path, run_dir: Path, *overrides: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_local_ddp_ranks_run_end_to_end_as_one_run(tiny_cache, tmp_path):
-    """(FSDP's end-to-end run is the first leg of the resume test below.)"""
+def test_two_local_ddp_ranks_run_end_to_end_as_one_run_and_resume(tiny_cache, tmp_path):
+    """Two DDP ranks run as one run; stopped after its step-2 checkpoint, it continues at step 2 (contiguous
+    rows). (FSDP's end-to-end run is the first leg of the resume test below; a two-rank job preempted and
+    requeued on SLURM is tests/test_slurm_sweep.py's.)"""
     run_dir = tmp_path / "run"
-    rows = train(tiny_cache, run_dir, "distributed=ddp", "distributed.processes=2", "iterations=3")
-    assert [row["step"] for row in rows] == [0, 1, 2]
-    assert rows[0]["length/response_tokens"] > 0
+    first = train(tiny_cache, run_dir, "distributed=ddp", "distributed.processes=2", "iterations=2")
+    assert [row["step"] for row in first] == [0, 1]
+    assert first[0]["length/response_tokens"] > 0
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-000002"
+    rows = train(tiny_cache, run_dir, f"resume={run_dir}", "iterations=3")
+    assert [row["step"] for row in rows] == [0, 1, 2] and rows[:2] == first
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-000003"
 
 
