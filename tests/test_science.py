@@ -46,7 +46,7 @@ def finals(sweep) -> pd.DataFrame:
         run = runs.set_index("run_id").loc[run_id]
         rows.append({"instance": run["config.task.language_seed"], "arm": run["arm"],
                      "rm gold agreement": run["reward_model.gold_accuracy"],
-                     **{f"final {m}": frame[m].tail(10).mean() for m in METRICS},
+                     **{f"final {m}": frame[m].tail(10).mean() for m in METRICS if m != "ppl/policy"},
                      # a batch's perplexity is heavy-tailed (one unlikely sampled token: 20 -> 140), so its median
                      "final ppl/policy": frame["ppl/policy"].tail(10).median(),
                      **{f"initial {m}": frame[m].head(5).mean() for m in METRICS},
