@@ -15,14 +15,23 @@ import math
 import pandas as pd
 from scipy import stats
 
+from analysis.effects import INSTANCE
+
 AGREEMENT = "reward_model.gold_accuracy"
 OUTCOMES = {"peak_gold": "peak gold", "final_gold": "final gold"}
 SLOPE_COLUMNS = ["group", "outcome", "label", "n_runs", "slope", "slope_low", "slope_high", "p", "r"]
 
 
 def has_rm_axis(runs: pd.DataFrame) -> bool:
-    """Whether the runs span at least two reward models of different recorded quality."""
-    return AGREEMENT in runs and runs[AGREEMENT].dropna().nunique() >= 2
+    """Whether the runs span at least two reward models of different recorded quality on one testbed instance.
+    Each instance builds its own reward model, so a sweep over instances alone (one reward model each) records
+    different agreements too, but there the agreement moves with everything else the instance changes: no axis."""
+    if AGREEMENT not in runs:
+        return False
+    rated = runs.dropna(subset=[AGREEMENT])
+    if INSTANCE not in rated:
+        return rated[AGREEMENT].nunique() >= 2
+    return bool((rated.groupby(INSTANCE)[AGREEMENT].nunique() >= 2).any())
 
 
 def policy_group(runs: pd.DataFrame) -> pd.Series:

@@ -11,6 +11,7 @@ from analysis_fixtures import synthetic_trace, write_run
 from scipy import stats
 
 from analysis.cli import main
+from analysis.effects import INSTANCE
 from analysis.rm_quality import AGREEMENT, has_rm_axis, rm_quality_slopes
 
 AGREEMENTS = (0.6, 0.7, 0.8, 0.9)
@@ -44,6 +45,16 @@ def test_slopes_match_least_squares_by_hand():
     flat = slopes.loc[("vanilla", "peak_gold")]
     assert flat["slope_low"] < 0 < flat["slope_high"]  # no effect: the interval covers 0
     assert has_rm_axis(runs) and not has_rm_axis(runs.assign(**{AGREEMENT: 0.7}))
+
+
+def test_one_reward_model_per_instance_is_no_axis():
+    """Instances each build their own reward model: agreements that differ only between instances are not an
+    axis (the instance changes everything else too); two reward models on one instance are."""
+    runs = frame()
+    runs[INSTANCE] = [AGREEMENTS.index(a) for a in runs[AGREEMENT]]  # one reward model per instance
+    assert not has_rm_axis(runs)
+    runs.loc[runs.index[0], AGREEMENT] = 0.65  # a second reward model on instance 0
+    assert has_rm_axis(runs)
 
 
 def test_rlhf_report_reads_the_recorded_reward_model(tmp_path):
