@@ -15,9 +15,9 @@
   effects and two-way interactions with Holm-corrected p), its table and ``figures/interactions.{png,svg}``;
   ``factorial_plan.csv`` (``analysis.planner.factorial_plan``: the replicates of the design that would
   establish each effect were its true size the estimate) and its table;
-* for runs with reward models of different recorded quality on one testbed instance: ``rm_quality.csv`` (``analysis.rm_quality``: the
-  slope of peak and final gold on the reward model's agreement with gold, per preset), its table and
-  ``figures/rm_quality.{png,svg}``;
+* for runs with reward models of different recorded quality on one testbed instance: ``rm_quality.csv``
+  (``analysis.rm_quality``: the slope of peak and final gold on the reward model's agreement with gold, per
+  preset), its table and ``figures/rm_quality.{png,svg}``;
 * with a ``baseline`` arm: ``effects.csv`` (``analysis.effects.arm_effects``), its table in both reports and
   ``figures/effects.{png,svg}`` (the forest plot); ``plan.csv`` (``analysis.planner.seed_plan``: the runs
   needed to detect each effect) and its table.

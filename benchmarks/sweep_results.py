@@ -9,8 +9,8 @@ result files its page.md includes:
   interactions (blocked by instance and seed, Holm-corrected); factorial_plan.md (data: factorial_plan.csv):
   rlhf-report's replicates of the design that would establish each effect were its true size the estimate
   (analysis.planner.factorial_plan);
-- rm_quality.md (data: rm_quality.csv), when the runs span reward models of different quality on one instance: the slopes of
-  peak and final gold on the reward model's agreement with gold;
+- rm_quality.md (data: rm_quality.csv), when the runs span reward models of different quality on one instance:
+  the slopes of peak and final gold on the reward model's agreement with gold;
 - runs.csv: rlhf-report's per-run table, plus each run's wall seconds (finished_at - started_at);
 - the figures among traces, survival, interactions and rm_quality that the report drew (PNG);
 - meta.json: which commit ran how many runs (run.json git_sha), today's date, the run count, the command, the
