@@ -1,14 +1,17 @@
 """The testbed tells the paper's story on every machine, at reduced scale: on three testbed instances
 (`task.language_seed` 0, 1, 2: each its own language, SFT policy and calibrated reward model, built from
-scratch in CI) with one PPO seed and 80 iterations, vanilla PPO over-optimises the proxy everywhere and its
-gold reward collapses on most instances, PPO-max does neither, and rlhf-report says so.
+scratch in CI) with one PPO seed and 80 iterations, vanilla PPO over-optimises the proxy on every instance, its
+gold reward collapses on some, PPO-max does neither, and rlhf-report says so.
 
 Every claim is a relative effect within one instance, or a difference in units of the reward model's calibrated
 scale (the SFT policy's responses score mean 0, sd 1 on every instance and machine), never a threshold on one
-machine's raw numbers. What holds on each instance is asserted per instance (proxy climb, KL, perplexity);
-the gold collapse, whose onset differs between instances (on some, vanilla's gold only sags within 150
-iterations while its KL still runs away), is asserted on a majority of the instances. The full table is in
-the README; benchmarks/science_table.py prints it."""
+machine's raw numbers. What holds on every build is asserted per instance: the proxy climbs, KL runs away,
+perplexity falls, and the proxy overstates vanilla's gold by more than PPO-max's (the over-optimisation gap).
+When vanilla's gold turns down is not: within 80 iterations it collapsed on instances 0 and 2 and not on 1
+(its gold flat at 0.35 while the proxy climbed to 2.0), and instance 0's collapse came and went with its build
+(the same code built on one thread: final gold 0.16 from a peak of 0.68; built on two threads: 0.62 from 0.64).
+So the collapse is asserted on at least one instance; its rate with power (24/24 runs without a KL penalty or
+ptx loss by 150 iterations) is on the factorial's results page. benchmarks/science_table.py prints the table."""
 
 import subprocess
 import sys
@@ -72,19 +75,23 @@ def test_vanilla_over_optimises_and_ppo_max_does_not(finals, instance):
     assert abs(vanilla["initial reward/proxy_mean"]) < 0.5 and abs(ppo_max["initial reward/proxy_mean"]) < 0.5
     # vanilla exploits the proxy: it climbs by more than one SFT-score sd ...
     assert vanilla["final reward/proxy_mean"] - vanilla["initial reward/proxy_mean"] > 1.0
+    # ... the proxy overstates its gold by more than it overstates ppo_max's ...
+    gap = {arm: row["final reward/proxy_mean"] - row["final reward/gold_mean"]
+           for arm, row in (("vanilla", vanilla), ("ppo_max", ppo_max))}
+    assert gap["vanilla"] > gap["ppo_max"], gap
     # ... its KL to the reference ends at least twice ppo_max's, and its perplexity below ppo_max's
     assert vanilla["final kl/ref_k1"] > 2 * ppo_max["final kl/ref_k1"]
     assert vanilla["final ppl/policy"] < ppo_max["final ppl/policy"]
+    # PPO-max's gold never falls far from its own peak
+    assert ppo_max["final reward/gold_mean"] > ppo_max["peak gold"] - 0.25
 
 
-def test_vanilla_gold_collapses_on_most_instances_and_ppo_max_ends_better(finals):
+def test_vanilla_gold_collapses_somewhere_and_ppo_max_mostly_ends_better(finals):
     vanilla, ppo_max = finals.xs("vanilla", level="arm"), finals.xs("ppo_max", level="arm")
     collapsed = vanilla["final reward/gold_mean"] < vanilla["peak gold"] - 0.25
     better = ppo_max["final reward/gold_mean"] > vanilla["final reward/gold_mean"]
-    assert collapsed.sum() > len(INSTANCES) / 2, vanilla[["peak gold", "final reward/gold_mean"]]
+    assert collapsed.any(), vanilla[["peak gold", "final reward/gold_mean"]]
     assert better.sum() > len(INSTANCES) / 2, (ppo_max["final reward/gold_mean"], vanilla["final reward/gold_mean"])
-    # PPO-max's gold never falls that far from its own peak
-    assert (ppo_max["final reward/gold_mean"] > ppo_max["peak gold"] - 0.25).all()
 
 
 def test_report_flags_vanilla_and_not_ppo_max(sweep, tmp_path):
@@ -93,6 +100,6 @@ def test_report_flags_vanilla_and_not_ppo_max(sweep, tmp_path):
     assert out.returncode == 0, out.stderr
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("arm")
     assert summary.loc["vanilla", "n_runs"] == summary.loc["ppo_max", "n_runs"] == len(INSTANCES)
-    assert summary.loc["vanilla", "collapse_frac"] > 0.5  # most vanilla runs
+    assert summary.loc["vanilla", "collapse_frac"] > 0  # a vanilla run (the detector's own rule)
     assert summary.loc["ppo_max", "collapse_frac"] == 0.0  # no ppo_max run
     assert summary.loc["vanilla", "final_kl_mean"] > 2 * summary.loc["ppo_max", "final_kl_mean"]
