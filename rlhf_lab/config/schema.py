@@ -414,7 +414,7 @@ class ToyRMConfig:
 class ToyDPOConfig:
     pairs: int = 4000  # preference pairs among SFT-policy samples (a fresh draw, labelled like the RM's)
     easy_fraction: float = 0.5  # the share of pairs with the largest |proxy RM score gap| that DPO trains on (MPO's easy pairs); the prompts of the others are PPO's (the hard ones)
-    beta: float = 0.3  # DPO's beta (the implicit KL coefficient); README "Remedies" says how 0.3 and lr were chosen
+    beta: float = 0.3  # DPO's beta (the implicit KL coefficient); docs/toy-testbed.md says how 0.3 and lr were chosen
     epochs: int = 2  # passes over the easy pairs
     lr: float = 2e-4  # peak AdamW learning rate (one-cycle schedule)
     batch_size: int = 64  # pairs per step

@@ -111,6 +111,20 @@ def reward_scores(model, sequences: list[list[int]], pad_id: int, batch_size: in
                       for i in range(0, len(sequences), batch_size)])
 
 
+def learned_nothing(report: dict) -> str | None:
+    """Why a trained reward model's `report` (its rm_report.json) says it learned nothing, or None.
+
+    Two signs: its last training loss still within 0.01 of ln 2 (0.693, the Bradley-Terry loss of scores that
+    separate no pair: training stalled), or its agreement with gold on the `eval_pairs` held-out pairs no better
+    than chance (one-sided z-test at the 5 % level: gold_accuracy - 0.5 < 1.645 * sqrt(0.25 / eval_pairs))."""
+    if abs(report["final_loss"] - math.log(2)) < 0.01:
+        return f"its training loss ended at {report['final_loss']:.3f}, ln 2 (constant scores: training stalled)"
+    if report["gold_accuracy"] - 0.5 < 1.645 * math.sqrt(0.25 / report["eval_pairs"]):
+        return (f"it agrees with gold on {report['gold_accuracy']:.1%} of {report['eval_pairs']} held-out pairs, "
+                "no better than chance")
+    return None
+
+
 def agreement(model, pairs: list[Pair], pad_id: int, batch_size: int = 512) -> dict[str, float]:
     """How often the reward model orders held-out `pairs` like their labels (label_accuracy) and like the gold
     reward (gold_accuracy, over pairs whose gold margin is not 0)."""

@@ -33,7 +33,8 @@ from rlhf_lab.config.schema import Config, ConfigError
 from rlhf_lab.engine.artifacts import cached_build, code_fingerprint
 from rlhf_lab.engine.data import chat_prompts, encode
 from rlhf_lab.engine.models import load_policy, load_tokenizer
-from rlhf_lab.engine.preference import agreement, preference_pairs, reward_scores, sample_responses, train_bradley_terry
+from rlhf_lab.engine.preference import (agreement, learned_nothing, preference_pairs, reward_scores, sample_responses,
+                                        train_bradley_terry)
 from rlhf_lab.engine.progress import Progress
 from rlhf_lab.reviews.gold import ReviewGold
 from rlhf_lab.reviews.prompts import load_prompts, prompts_digest
@@ -135,6 +136,9 @@ def _train_rm(out: Path, cfg: Config, sft_dir: Path) -> None:
               "sft_finished_frac": sum(finished) / len(finished),
               "score_gold_correlation": torch.corrcoef(torch.stack([scaled, calib_gold]))[0, 1].item()}
     log.info("reviews reward model: %s", report)
+    if why := learned_nothing(report):
+        log.warning("the reviews tier's proxy reward model learned nothing: %s. PPO against it optimises noise: "
+                    "check task.reviews.pairs and task.reviews.lr (docs/real-models.md)", why)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "rm_report.json").write_text(json.dumps(report, indent=2))

@@ -6,8 +6,8 @@ sft:  a tiny decoder trained on demonstrations sampled from the toy language (lo
 rm:   the SFT backbone with a scalar head, trained with a Bradley-Terry loss on pairs of SFT-policy samples
       whose preference labels come from the gold reward through a noisy labeller, then calibrated so that the
       SFT policy's responses score mean 0 and std 1 (the same reward scale on every machine and testbed
-      instance). It never sees text far from the SFT policy, which is what makes it exploitable (README,
-      "The toy testbed"). [reward_ensemble]: member k > 0 is the same recipe on its own draw of pairs and its
+      instance). It never sees text far from the SFT policy, which is what makes it exploitable
+      (docs/toy-testbed.md). [reward_ensemble]: member k > 0 is the same recipe on its own draw of pairs and its
       own seed (member 0 is the usual RM).
 soup: [reference=soup] the weight average of the SFT model and a second SFT model: the same initial weights,
       its own draw of demonstrations and order (SALSA's two SFT runs from one base; see `_train_sft`).
@@ -35,8 +35,8 @@ from rlhf_lab.config.schema import Config, Reference
 from rlhf_lab.engine.data import encode, sft_batch
 from rlhf_lab.engine.models import load_policy, load_reward_model, weight_soup
 from rlhf_lab.engine.packing import pad_left
-from rlhf_lab.engine.preference import (Pair, agreement, one_cycle, preference_pairs, reward_scores, sample_responses,
-                                        train_bradley_terry, train_step)
+from rlhf_lab.engine.preference import (Pair, agreement, learned_nothing, one_cycle, preference_pairs, reward_scores,
+                                        sample_responses, train_bradley_terry, train_step)
 from rlhf_lab.engine.progress import Progress
 from rlhf_lab.engine.roles import Policy, lm_loss, sequence_logprobs
 from rlhf_lab.toy.gold import GoldReward
@@ -194,6 +194,7 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
     report = {
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
+        "final_loss": final_loss,
         **agreement(model, eval_pairs, pad),
         "raw_sft_score_mean": raw.mean().item(),
         "raw_sft_score_std": raw.std().item(),
@@ -206,6 +207,10 @@ def _train_rm(out: Path, cfg: Config, language: ToyLanguage, sft_dir: Path, memb
                    for (name, text), score in zip(probes.items(), probe_scores.tolist())},
     }
     log.info("reward model: %s", report)
+    if why := learned_nothing(report):
+        log.warning("the proxy reward model of testbed %d%s learned nothing: %s. PPO against it optimises noise: "
+                    "check task.rm.lr (a stall at ln 2 came from too high a rate) and task.rm.pairs "
+                    "(docs/toy-testbed.md)", cfg.task.language_seed, f" (member {member})" if member else "", why)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "rm_report.json").write_text(json.dumps(report, indent=2))
