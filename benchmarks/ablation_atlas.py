@@ -1,5 +1,6 @@
-"""The README's "What the ablations say": for each ablation sweep, every arm's effect against the sweep's base
-arm (analysis.effects: paired by PPO seed and testbed instance), as a Markdown table, a CSV and a forest plot.
+"""The atlas results page's tables (docs/results/atlas.md): for each ablation sweep, every arm's effect against
+the sweep's base arm (analysis.effects: paired by PPO seed and testbed instance), as a Markdown table, a CSV and
+a forest plot.
 
     python benchmarks/ablation_atlas.py <sweep dir>=<baseline arm> [...] [-o benchmarks/results/atlas]
 

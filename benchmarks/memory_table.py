@@ -1,7 +1,7 @@
 """Memory per GPU of a PPO run, worked out from parameter counts: what fits with FSDP, gradient checkpointing
-and LoRA, for the README's table.
+and LoRA, for docs/real-models.md's table.
 
-    python benchmarks/memory_table.py                 # the README's table (markdown)
+    python benchmarks/memory_table.py                 # the table (markdown)
     python benchmarks/memory_table.py --gpu-gb 141    # another GPU's memory
 
 Parameter counts come from the models' shapes (built on the meta device: nothing is downloaded or allocated).

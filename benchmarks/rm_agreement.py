@@ -1,4 +1,4 @@
-"""The README's reward-model table: build (or find in the cache) the toy testbed of several instances
+"""docs/toy-testbed.md's reward-model table: build (or find in the cache) the toy testbed of several instances
 (`task.language_seed`) and print what each reward model's build report says: agreement with gold on held-out
 pairs of SFT-policy samples, the correlation of its calibrated score with gold, its raw (pre-calibration)
 scale, and the score of a repetition-stuffed response against a clean one (the exploitable blind spot).

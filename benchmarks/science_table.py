@@ -1,8 +1,8 @@
-"""The README's science table: per arm, mean +- sd over runs (testbed instances x PPO seeds) of the final (mean
-of the last 10 iterations) proxy reward, peak and final gold reward, KL to the initial policy (kl/init_k3, else
-k1, else k2: analysis.names.pick_kl_metric), perplexity, length and repeated-bigram fraction, the median seconds
-per iteration, plus the initial policies' values (iteration 0: the SFT policy, and the DPO model MPO starts
-from) and how many runs the collapse detector flags;
+"""The science results page's tables (benchmarks/results/science/): per arm, mean +- sd over runs (testbed
+instances x PPO seeds) of the final (mean of the last 10 iterations) proxy reward, peak and final gold reward,
+KL to the initial policy (kl/init_k3, else k1, else k2: analysis.names.pick_kl_metric), perplexity, length and
+repeated-bigram fraction, the median seconds per iteration, plus the initial policies' values (iteration 0: the
+SFT policy, and the DPO model MPO starts from) and how many runs the collapse detector flags;
 then, per testbed instance (`task.language_seed`), the arms' final KL and gold and the effects the science test
 asserts: vanilla's KL over ppo_max's, and ppo_max's gold minus vanilla's.
 
