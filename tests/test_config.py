@@ -1,6 +1,8 @@
 """The config tree: each option declared once (its enum member, its YAML, its defaults in the schema), every option
 of every group composes under every preset; bad input fails early and clearly."""
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 import yaml
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from rlhf_lab.config.checks import to_config
 from rlhf_lab.config.schema import TRICK_GROUPS, Config, ConfigError, register_schema
@@ -40,6 +43,30 @@ GROUP_PRESETS = {"grpo", "dr_grpo", "lite_ppo"}  # their advantages compare a pr
 def composed(*overrides):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+composed_once = functools.lru_cache(maxsize=None)(composed)  # shared by the tests below: never mutate its result
+
+
+def with_option(preset, group, option, *overrides):
+    """What `preset=<preset> <group>=<option> *overrides` composes to, from compositions the option x preset matrix
+    shares (a Hydra composition takes ~0.3 s, 450 of them two minutes): the preset's, with the group's node taken
+    from the option's own and the preset's own keys in that group merged over it (as dr_grpo's
+    `adv_estimator.scale`). Exact because an option's YAML is its name alone (test_option_files_hold_no_defaults);
+    test_with_option_composes_like_hydra checks it against Hydra wherever a preset's choice meets the option's."""
+    cfg = copy.deepcopy(composed_once(f"preset={preset}", *overrides))
+    node = copy.deepcopy(composed_once(f"{group}={option}")[group])
+    cfg[group] = OmegaConf.merge(node, preset_yaml(preset).get(group, {}))
+    return cfg
+
+
+def preset_yaml(preset) -> dict:
+    return yaml.safe_load((conf_dir() / "preset" / f"{preset}.yaml").read_text() or "{}") or {}
+
+
+def preset_choices(preset):
+    """The groups whose option `preset` chooses (its `override /<group>` entries)."""
+    return [next(iter(entry)).removeprefix("override /") for entry in preset_yaml(preset).get("defaults", [])]
 
 
 @pytest.mark.parametrize("group", NAMED_GROUPS)
@@ -90,10 +117,26 @@ def test_every_option_composes_after_every_preset(preset, group, option):
     overrides = (f"preset={preset}", f"{group}={option}", *groups)
     if (group, option) in GROUP_OPTIONS and group == "policy_filter" and preset in GROUP_PRESETS:
         with pytest.raises(ConfigError, match=f"policy_filter={option} is not allowed with adv_estimator=grpo"):
-            to_config(composed(*overrides))
+            to_config(composed(*overrides))  # the error names the keys as Hydra composed them
         return
-    cfg = to_config(composed(*overrides))
+    cfg = to_config(with_option(preset, group, option, *groups))
     assert cfg.tricks()[group] == option
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_with_option_composes_like_hydra(preset):
+    """For every group the preset chooses (its `override /<group>` meets the command line's `<group>=`) or sets keys
+    in, and one it leaves to the base config, with an option the preset does not choose: Hydra's composition is
+    with_option's."""
+    chosen = preset_choices(preset) + [g for g in preset_yaml(preset) if g in TRICK_GROUPS]  # vanilla: none
+    groups = list(dict.fromkeys(chosen)) + [next(g for g in TRICK_GROUPS if g not in chosen)]
+    for group in groups:
+        choice = composed_once(f"preset={preset}")[group].name
+        option = next(o for o in OPTIONS[group] if o != getattr(choice, "value", choice))
+        extra = ("ppo.samples_per_prompt=4",) if (group, option) in GROUP_OPTIONS else ()
+        real = composed(f"preset={preset}", f"{group}={option}", *extra)
+        assert OmegaConf.to_container(real) == OmegaConf.to_container(with_option(preset, group, option, *extra)), \
+            (preset, group, option)
 
 
 def test_presets_choose_every_group():

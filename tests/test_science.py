@@ -1,17 +1,22 @@
-"""The testbed tells the paper's story on every machine, at reduced scale: on three testbed instances
-(`task.language_seed` 0, 1, 2: each its own language, SFT policy and calibrated reward model, built from
-scratch in CI) with one PPO seed and 80 iterations, vanilla PPO over-optimises the proxy on every instance, its
-gold reward collapses on some, PPO-max does neither, and rlhf-report says so.
+"""The testbed tells the paper's story on every machine, at reduced scale: on two testbed instances
+(`task.language_seed` 0 and 1: each its own language, SFT policy and calibrated reward model, built from scratch
+in CI at half the shipped build data: HALF_BUILD) with one PPO seed and 70 iterations, vanilla PPO
+over-optimises the proxy on every instance, its gold reward collapses, PPO-max does neither, and rlhf-report
+says so. The full-size story (three instances, 150 iterations, reward models at 82-83 %) is the science results
+page; the collapse rate with power (24/24 full-size runs without a KL penalty or ptx loss by 150 iterations) the
+factorial's.
 
 Every claim is a relative effect within one instance, or a difference in units of the reward model's calibrated
 scale (the SFT policy's responses score mean 0, sd 1 on every instance and machine), never a threshold on one
 machine's raw numbers. What holds on every build is asserted per instance: the proxy climbs, KL runs away,
 perplexity falls, and the proxy overstates vanilla's gold by more than PPO-max's (the over-optimisation gap).
-When vanilla's gold turns down is not: within 80 iterations it collapsed on instances 0 and 2 and not on 1
-(its gold flat at 0.35 while the proxy climbed to 2.0), and instance 0's collapse came and went with its build
-(the same code built on one thread: final gold 0.16 from a peak of 0.68; built on two threads: 0.62 from 0.64).
-So the collapse is asserted on at least one instance; its rate with power (24/24 runs without a KL penalty or
-ptx loss by 150 iterations) is on the factorial's results page. benchmarks/science_table.py prints the table."""
+When vanilla's gold turns down is not, since builds differ across thread counts and machines, so the collapse
+is asserted on at least one instance. Two builds of the half-size instances 0, 1, 2 with the builders of 57d27f6
+(one thread, as CI and the parallel launcher build them; two threads), 80 iterations, read at 70: vanilla's gold
+0.83, 1.06, 0.09 below its peak on the first (0.25 is a collapse) and 2.15, 1.32, 0.82 on the second,
+PPO-max's at most 0.05; the gaps 1.82-4.28 against 0.72-1.79; KL 19-80 against 1.4-4.7; perplexity 4-17 against
+12-21 (the narrowest margin: 17.3 against 20.3 on instance 1's first build; at 50 iterations it was 21.8 against
+21.7, hence 70). benchmarks/science_table.py prints the table."""
 
 import subprocess
 import sys
@@ -22,8 +27,12 @@ import pytest
 from analysis import load_runs, wide_traces
 
 pytestmark = pytest.mark.slow
-INSTANCES = (0, 1, 2)
-ITERATIONS = 80
+INSTANCES = (0, 1)
+ITERATIONS = 70
+# the testbed at half its build data (the shipped sizes: docs/toy-testbed.md): the stages cost half as much, the
+# proxy is weaker (agreement with gold 72-76 % against 82-83 %) and vanilla exploits it sooner
+HALF_BUILD = ("task.sft.examples=4000", "task.rm.pairs=2000", "task.rm.eval_pairs=500",
+              "task.rm.calibration_samples=512")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +40,7 @@ def sweep(tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("science")
     out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", "-m", "sweep=presets", "seed=0",
                           "hydra/launcher=parallel",  # two runs at once, one thread each
-                          f"task.language_seed={','.join(map(str, INSTANCES))}", f"iterations={ITERATIONS}",
+                          f"task.language_seed={','.join(map(str, INSTANCES))}", f"iterations={ITERATIONS}", *HALF_BUILD,
                           "run.progress=false", f"hydra.sweep.dir={sweep_dir}"],
                          capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -64,7 +73,7 @@ METRICS = ("reward/proxy_mean", "reward/gold_mean", "kl/ref_k1", "ppl/policy")
 
 def test_every_instance_has_a_reward_model_that_learned(finals):
     """The proxy must be a reward model, not a constant: agreement with gold on its 1,000 held-out pairs well above
-    chance (0.5; a build whose training stalled at loss ln 2 scored 0.54, working ones 0.78-0.84)."""
+    chance (0.5; a build whose training stalled at loss ln 2 scored 0.54, working half-size ones 0.72-0.76)."""
     assert (finals["rm gold agreement"] > 0.6).all(), finals["rm gold agreement"]
 
 
