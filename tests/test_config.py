@@ -96,8 +96,7 @@ def test_trick_groups_are_the_schema_nodes_with_options():
 def test_presets_override_only_what_they_change(preset):
     base = {k: str(v) for d in yaml.safe_load((conf_dir() / "config.yaml").read_text())["defaults"]
             if isinstance(d, dict) for k, v in d.items()}
-    preset_defaults = yaml.safe_load((conf_dir() / "preset" / f"{preset}.yaml").read_text() or "{}") or {}
-    for entry in preset_defaults.get("defaults", []):
+    for entry in preset_yaml(preset).get("defaults", []):
         (key, option), = entry.items()
         group = key.removeprefix("override /")
         assert base[group] != str(option), f"preset={preset} restates {group}={option}, the base config's choice"
