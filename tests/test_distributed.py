@@ -52,32 +52,45 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=list(STRATEGIES))
-def two_ranks(request, eos_checkpoints, tmp_path_factory):
-    """Per strategy, every case of CASES on one rank (in this process, no process group: unwrapped, unsharded)
-    and on 2 ranks (one launch of tests/rank_worker.py for all of them). -> (strategy, [per case: the 1-rank
-    trainer after its update, its statistics, its batch, the policy before, what rank 0 saved, the FSDP
-    gathers file])."""
-    strategy, tmp = request.param, tmp_path_factory.mktemp(request.param)
+@pytest.fixture(scope="module")
+def launched(eos_checkpoints, tmp_path_factory):
+    """Every case of CASES under every strategy on one rank (in this process, no process group: unwrapped,
+    unsharded) and on 2 ranks (one launch of tests/rank_worker.py for all of them: a launch per strategy would
+    cost a pair of process start-ups each). -> {strategy: [per case: the 1-rank trainer after its update, its
+    statistics, its batch, the policy before, what rank 0 saved, the FSDP gathers file]}."""
+    tmp = tmp_path_factory.mktemp("ranks")
     jobs, results = [], []
-    for i, case in enumerate(CASES):
-        overrides = (*case, *STRATEGIES[strategy], "distributed.processes=2")
-        one = tiny_trainer(eos_checkpoints, *overrides)
-        torch.manual_seed(3)
-        batch = one.rollout()
-        rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores)[0], batch.logprobs,
-                                              batch.ref_logprobs, batch.mask)
-        advantages, returns = one.tricks.advantages(rewards, batch.values, batch.mask)
-        torch.save({"batch": batch, "advantages": advantages, "returns": returns, "seed": 11}, tmp / f"batch{i}.pt")
-        before = {k: v.clone() for k, v in one.policy.state_dict().items()}
-        torch.manual_seed(11)
-        expected = one.train(batch, advantages, returns)
-        jobs.append({"batch": str(tmp / f"batch{i}.pt"), "out": str(tmp / f"out{i}.pt"), "overrides": list(overrides)})
-        results.append((one, expected, batch, before))
+    for strategy in STRATEGIES:
+        for i, case in enumerate(CASES):
+            overrides = (*case, *STRATEGIES[strategy], "distributed.processes=2")
+            one = tiny_trainer(eos_checkpoints, *overrides)
+            torch.manual_seed(3)
+            batch = one.rollout()
+            rewards, _ = one.tricks.token_rewards(one.tricks.shape_scores(batch.scores)[0], batch.logprobs,
+                                                  batch.ref_logprobs, batch.mask)
+            advantages, returns = one.tricks.advantages(rewards, batch.values, batch.mask)
+            name = f"{strategy}-{i}"
+            torch.save({"batch": batch, "advantages": advantages, "returns": returns, "seed": 11},
+                       tmp / f"batch-{name}.pt")
+            before = {k: v.clone() for k, v in one.policy.state_dict().items()}
+            torch.manual_seed(11)
+            expected = one.train(batch, advantages, returns)
+            jobs.append({"batch": str(tmp / f"batch-{name}.pt"), "out": str(tmp / f"out-{name}.pt"),
+                         "overrides": list(overrides)})
+            results.append((strategy, (one, expected, batch, before)))
     (tmp / "cases.json").write_text(json.dumps(jobs))
     ranks(2, *map(str, eos_checkpoints), str(tmp / "cases.json"))
-    return strategy, [(*result, torch.load(job["out"], weights_only=True), Path(job["out"].replace(".pt", "-gathers.pt")))
-                      for result, job in zip(results, jobs)]
+    out = {strategy: [] for strategy in STRATEGIES}
+    for (strategy, result), job in zip(results, jobs):
+        out[strategy].append((*result, torch.load(job["out"], weights_only=True),
+                              Path(job["out"].replace(".pt", "-gathers.pt"))))
+    return out
+
+
+@pytest.fixture(params=list(STRATEGIES))
+def two_ranks(request, launched):
+    """(strategy, its cases' results from `launched`)."""
+    return request.param, launched[request.param]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=["vanilla_kl_loss", "ppo_max", "grpo_overlong_filter"])

@@ -73,10 +73,11 @@ def test_ratio_is_one_and_kl_is_zero_before_any_update(trainer):
 
 def test_cli_run_and_report(tmp_path):
     run_dir = tmp_path / "run"
-    # one iteration of one PPO epoch: the 135M policy's update with the ptx loss on long demonstrations is most of
-    # the run's time
+    # one iteration of one PPO epoch in one minibatch: the 135M policy's update with the ptx loss on long
+    # demonstrations and the full checkpoint (1.9 GB with the optimisers' state) are most of the run's time
     out = subprocess.run([sys.executable, "-m", "rlhf_lab.cli", *SMALL, "preset=ppo_max", "iterations=1", "ppo.epochs=1",
-                          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=900)
+                          "ppo.minibatches=1", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                         timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0]  # iterations are counted from 0
