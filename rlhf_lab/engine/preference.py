@@ -115,10 +115,12 @@ def learned_nothing(report: dict) -> str | None:
     """Why a trained reward model's `report` (its rm_report.json) says it learned nothing, or None.
 
     Two signs: its last training loss still within 0.01 of ln 2 (0.693, the Bradley-Terry loss of scores that
-    separate no pair: training stalled), or its agreement with gold on the `eval_pairs` held-out pairs no better
-    than chance (one-sided z-test at the 5 % level: gold_accuracy - 0.5 < 1.645 * sqrt(0.25 / eval_pairs))."""
+    separate no pair: training stalled, as at too high a rate, or had too few pairs), or its agreement with gold
+    on the `eval_pairs` held-out pairs no better than chance (one-sided z-test at the 5 % level:
+    gold_accuracy - 0.5 < 1.645 * sqrt(0.25 / eval_pairs))."""
     if abs(report["final_loss"] - math.log(2)) < 0.01:
-        return f"its training loss ended at {report['final_loss']:.3f}, ln 2 (constant scores: training stalled)"
+        return (f"its training loss ended at {report['final_loss']:.3f}, ln 2 (its scores order no training pair "
+                "better than a coin: training stalled, or too few pairs to learn from)")
     if report["gold_accuracy"] - 0.5 < 1.645 * math.sqrt(0.25 / report["eval_pairs"]):
         return (f"it agrees with gold on {report['gold_accuracy']:.1%} of {report['eval_pairs']} held-out pairs, "
                 "no better than chance")
